@@ -1,0 +1,219 @@
+"""`mlobs`: render the stack from stack.yaml, run it with docker compose or natively, check it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlobs import config, envfile, render
+from mlobs.runtime import docker, native
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+ROOT = render.ROOT
+SCHEMA = ROOT / "mlobs" / "stack.schema.json"
+
+StackOpt = Annotated[Path, typer.Option("--stack", "-f", help="stack.yaml to read")]
+OverlayOpt = Annotated[Path | None, typer.Option("--overlay", help="a file deep-merged over stack.yaml")]
+RuntimeOpt = Annotated[str, typer.Option(help="auto (docker when an engine answers), docker or native")]
+
+
+def _load(stack: Path, overlay: Path | None = None) -> config.Stack:
+    try:
+        return config.load(stack, overlay)
+    except config.StackError as e:
+        err.print(f"[red]stack.yaml is invalid; nothing was written.[/red]\n{e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _schema_text() -> str:
+    return json.dumps(config.json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+@app.command(name="render")
+def render_cmd(
+    stack: StackOpt = ROOT / "stack.yaml",
+    check: Annotated[bool, typer.Option("--check", help="fail if committed files differ")] = False,
+) -> None:
+    """Render every component's config (compose target) and the stack.yaml JSON Schema."""
+    s = _load(stack)
+    files = render.render(render.compose_target(s))
+    files[str(SCHEMA.relative_to(ROOT))] = _schema_text()
+    if check:
+        stale = render.drift(files, ROOT)
+        if stale:
+            err.print("[red]Rendered files differ from stack.yaml and the templates:[/red] " + ", ".join(stale)
+                      + "\nRun `make render` and commit the result.")
+            raise typer.Exit(1)
+        console.print(f"{len(files)} rendered files match.")
+        return
+    changed = render.write(files, ROOT)
+    console.print(f"Rendered {len(files)} files, {len(changed)} changed"
+                  + (": " + ", ".join(str(p.relative_to(ROOT)) for p in changed) if changed else "."))
+
+
+@app.command()
+def validate(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None) -> None:
+    """Check stack.yaml (and an overlay) without writing anything."""
+    _load(stack, overlay)
+    console.print(f"{stack}: valid.")
+
+
+@app.command(name="env")
+def env_cmd() -> None:
+    """Create the gitignored .env with generated secrets, if missing."""
+    _, added = envfile.ensure(ROOT / ".env")
+    console.print(f"Generated {', '.join(added)} into .env." if added else ".env already has every secret.")
+
+
+def _runtime(choice: str) -> str:
+    if choice not in ("auto", "docker", "native"):
+        err.print(f"--runtime: {choice!r} is not allowed; allowed values: auto, docker, native")
+        raise typer.Exit(2)
+    if choice != "auto":
+        return choice
+    ok, why = docker.engine_answers()
+    if ok:
+        console.print(f"Runtime: docker ({why}).")
+        return "docker"
+    console.print(f"Runtime: native, because {why}. (Force one with RUNTIME=docker|native.)")
+    return "native"
+
+
+def _native_state() -> native.State:
+    return native.State()
+
+
+@app.command()
+def up(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None, runtime: RuntimeOpt = "auto",
+       timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 180) -> None:
+    """Render and start the stack; wait until every component answers its health check."""
+    s = _load(stack, overlay)
+    _, added = envfile.ensure(ROOT / ".env")
+    if added:
+        console.print(f"Generated {', '.join(added)} into .env (gitignored).")
+    rt = _runtime(runtime)
+    if rt == "docker":
+        render.write(render.render(render.compose_target(s)), ROOT)
+        raise typer.Exit(docker.up())
+    state = _native_state()
+    try:
+        with console.status("Starting the native stack...") as status:
+            def progress(pending: str, left: float) -> None:
+                status.update(f"Waiting for health: {pending} ({left:.0f}s left)")
+            p, health = native.start(s, state, timeout=timeout, progress=progress)
+    except RuntimeError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    _print_table(s, p, health)
+    if not all(h.healthy for h in health.values()):
+        err.print("[red]Some components are not healthy: see `make logs`.[/red]")
+        raise typer.Exit(1)
+
+
+def _print_table(s: config.Stack, p: native.Plan, health: dict[str, native.Health]) -> None:
+    table = Table(title="mlobs native stack")
+    table.add_column("component")
+    table.add_column("state")
+    table.add_column("URL")
+    table.add_column("detail")
+    for name, h in health.items():
+        table.add_row(name, "[green]healthy[/green]" if h.healthy else f"[red]{h.state}[/red]", h.url, h.detail)
+    for name, why in p.missing.items():
+        table.add_row(name, "[yellow]missing[/yellow]", "", why)
+    console.print(table)
+    if "grafana" not in p.present:
+        console.print("Without Grafana, open Prometheus at "
+                      f"http://127.0.0.1:{s.ports.prometheus}/graph?g0.expr=ml_request_duration_seconds_count "
+                      "(API only: the Go module build has no web UI) and run `make verify`.")
+
+
+@app.command()
+def down(runtime: RuntimeOpt = "auto") -> None:
+    """Stop the stack; data is kept."""
+    if _runtime(runtime) == "docker":
+        raise typer.Exit(docker.down())
+    console.print("Stopped." if native.stop(_native_state()) else "Nothing was running.")
+
+
+@app.command()
+def clean(runtime: RuntimeOpt = "auto") -> None:
+    """Stop the stack and delete its data."""
+    if _runtime(runtime) == "docker":
+        raise typer.Exit(docker.down(volumes=True))
+    native.clean(_native_state())
+    console.print("Stopped and removed .stack/ (configs, data, logs).")
+
+
+@app.command()
+def status(stack: StackOpt = ROOT / "stack.yaml", runtime: RuntimeOpt = "auto") -> None:
+    """Show what runs and whether it answers its health check."""
+    s = _load(stack)
+    if _runtime(runtime) == "docker":
+        raise typer.Exit(docker.status())
+    state = _native_state()
+    if not native.supervisord_running(state):
+        console.print("The native stack is not running: `make up` starts it.")
+        raise typer.Exit(3)
+    health = {h.name: h for h in native.check(s, state)}
+    _print_table(s, native.plan(state), health)
+    if not all(h.healthy for h in health.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(service: Annotated[str | None, typer.Argument()] = None, runtime: RuntimeOpt = "auto",
+         lines: int = 50) -> None:
+    """Show the last log lines of every component (or one)."""
+    if _runtime(runtime) == "docker":
+        raise typer.Exit(docker.logs(service))
+    files = native.log_files(_native_state())
+    if service:
+        files = [f for f in files if f.stem == service]
+    if not files:
+        console.print("No logs yet: `make up` first.")
+        return
+    for f in files:
+        console.rule(f.stem)
+        subprocess.call(["tail", "-n", str(lines), str(f)])
+
+
+@app.command(name="native-deps")
+def native_deps(stack: StackOpt = ROOT / "stack.yaml",
+                only: Annotated[list[str] | None, typer.Option(help="build only these binaries")] = None) -> None:
+    """Build the collector, Prometheus, promtool, Alertmanager and amtool from the Go module proxy."""
+    from mlobs import nativedeps
+
+    s = _load(stack)
+    versions = {"otelcol": s.version("otel-collector"), "prometheus": s.version("prometheus"),
+                "alertmanager": s.version("alertmanager")}
+    try:
+        nativedeps.ensure_binaries(versions, ROOT / ".bin", only=only)
+    except Exception as e:  # the message names the step and its log
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def pins(stack: StackOpt = ROOT / "stack.yaml") -> None:
+    """Print every pinned component version."""
+    s = _load(stack)
+    for name in config.COMPONENTS:
+        c = s.components.get(name)
+        console.print(f"{name:15} {c.version:10} {c.image}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

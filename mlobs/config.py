@@ -1,0 +1,263 @@
+"""stack.yaml: load it into one validated model, or fail with errors that name the path."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h|d|w|y))+$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Ratio = Annotated[float, Field(ge=0, le=1)]
+Signal = Literal["traces", "metrics", "logs"]
+SEMVER = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
+
+COMPONENTS = ("otel-collector", "prometheus", "alertmanager", "loki", "tempo", "grafana", "probe")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component(Strict):
+    image: str = Field(description="Image reference run by docker compose, with its tag")
+    version: str = Field(description="Release version; the native build uses it")
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        if not SEMVER.match(v):
+            raise ValueError(f"must be a release version like 1.2.3, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _tag_matches(self) -> Component:
+        tag = self.image.rsplit(":", 1)[-1] if ":" in self.image else ""
+        if tag.lstrip("v") != self.version:
+            raise ValueError(
+                f"image tag {tag!r} and version {self.version!r} disagree: pin both to the same release"
+            )
+        return self
+
+
+class Components(Strict):
+    otel_collector: Component = Field(alias="otel-collector")
+    prometheus: Component
+    alertmanager: Component
+    loki: Component
+    tempo: Component
+    grafana: Component
+    probe: Component = Field(description="busybox image that probes the distroless containers")
+
+    def get(self, name: str) -> Component:
+        return getattr(self, name.replace("-", "_"))
+
+
+class Ports(Strict):
+    otlp_grpc: Port = 4317
+    otlp_http: Port = 4318
+    collector_health: Port = 13133
+    collector_metrics: Port = 8888
+    prometheus: Port = 9090
+    alertmanager: Port = 9093
+    loki: Port = 3100
+    loki_grpc: Port = 9096
+    tempo: Port = 3200
+    tempo_otlp_grpc: Port = 4417
+    tempo_grpc: Port = 9097
+    grafana: Port = 3000
+    inference: Port = 8000
+    analyzer: Port = 8010
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Ports:
+        seen: dict[int, str] = {}
+        for name, port in self.model_dump().items():
+            if port in seen:
+                raise ValueError(f"ports.{name} and ports.{seen[port]} are both {port}: each needs its own")
+            seen[port] = name
+        return self
+
+
+class Retention(Strict):
+    prometheus: Duration = "15d"
+    loki: Duration = "168h"
+    tempo: Duration = "48h"
+
+    @field_validator("loki", "tempo")
+    @classmethod
+    def _hours(cls, v: str) -> str:
+        # Loki's and Tempo's retention are Go durations: no d, w or y units.
+        if re.search(r"[dwy]", v):
+            raise ValueError(f"must be a Go duration in h, m or s (e.g. 168h), got {v!r}")
+        return v
+
+
+class Sampling(Strict):
+    keep_errors: bool = True
+    slow_threshold_ms: int = Field(500, ge=1)
+    percentage: float = Field(25, ge=0, le=100)
+    decision_wait: Duration = "5s"
+
+
+class Redaction(Strict):
+    blocked_key_patterns: list[str] = []
+
+    @field_validator("blocked_key_patterns")
+    @classmethod
+    def _regex(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"{p!r} is not a regular expression: {e}") from e
+        return v
+
+
+class Anomaly(Strict):
+    window: Duration = "1h"
+    k_mad: float = Field(5, gt=0)
+    k_sigma: float = Field(4, gt=0)
+    season: Duration = "1d"
+    for_: Duration = Field("5m", alias="for")
+
+
+class Alerts(Strict):
+    error_ratio: Ratio = 0.05
+    latency_p99_seconds: float = Field(0.5, gt=0)
+    accuracy_floor: Ratio = 0.85
+    f1_floor: Ratio = 0.85
+    drift_psi: float = Field(0.2, gt=0)
+    feedback_silence: Duration = "10m"
+    collector_refused_ratio: Ratio = 0.01
+    for_: Duration = Field("2m", alias="for")
+    anomaly: Anomaly = Anomaly()
+
+
+class Service(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Its OTEL_SERVICE_NAME")
+    sample: bool = False
+    health_path: str | None = None
+    health_url: str | None = None
+
+    @model_validator(mode="after")
+    def _health(self) -> Service:
+        if self.sample and self.health_url:
+            raise ValueError("the sample service is found by the stack: give health_path, not health_url")
+        if not self.sample and self.health_path:
+            raise ValueError("a service of yours needs a full health_url, not a health_path")
+        return self
+
+
+class ExtraExporter(Strict):
+    name: str = Field(pattern=r"^[a-z_]+(/[A-Za-z0-9_.-]+)?$")
+    signals: list[Signal] = Field(min_length=1)
+    config: dict[str, Any] = {}
+
+
+class GrafanaSettings(Strict):
+    anonymous_viewer: bool = False
+
+
+class Stack(Strict):
+    components: Components
+    ports: Ports = Ports()
+    retention: Retention = Retention()
+    sampling: Sampling = Sampling()
+    redaction: Redaction = Redaction()
+    alerts: Alerts = Alerts()
+    services: list[Service] = Field(min_length=1)
+    extra_exporters: list[ExtraExporter] = []
+    grafana: GrafanaSettings = GrafanaSettings()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Stack:
+        names = [s.name for s in self.services]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"services: {sorted(dup)} listed more than once")
+        if sum(s.sample for s in self.services) > 1:
+            raise ValueError("services: only one entry can be the sample service")
+        ex = [e.name for e in self.extra_exporters]
+        if len(set(ex)) != len(ex):
+            raise ValueError("extra_exporters: names must be unique")
+        return self
+
+    @property
+    def sample_service(self) -> Service | None:
+        return next((s for s in self.services if s.sample), None)
+
+    def version(self, component: str) -> str:
+        return self.components.get(component).version
+
+
+class StackError(Exception):
+    """stack.yaml is missing, unreadable or invalid; the message says where and what is allowed."""
+
+
+def _describe(err: dict[str, Any], source: str) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    given = err.get("input")
+    msg = err["msg"]
+    if kind == "extra_forbidden":
+        return f"{source}: {path}: unknown key (check the spelling; see stack.schema.json for the keys)"
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{source}: {path}: {given!r} is not allowed; allowed values: {allowed}"
+    if kind == "missing":
+        return f"{source}: {path}: required but missing"
+    if kind == "string_pattern_mismatch":
+        return f"{source}: {path}: {given!r} does not match {err['ctx']['pattern']}"
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    if isinstance(given, dict | list):
+        return f"{source}: {path}: {msg}"
+    return f"{source}: {path}: {msg} (got {given!r})"
+
+
+def parse(data: Any, source: str = "stack.yaml") -> Stack:
+    if not isinstance(data, dict):
+        raise StackError(f"{source}: must be a mapping of sections (components, ports, ...)")
+    try:
+        return Stack.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(err, source) for err in e.errors(include_url=False)]
+        raise StackError("\n".join(lines)) from None
+
+
+def load(path: Path | str = "stack.yaml", overlay: Path | str | None = None) -> Stack:
+    """Load stack.yaml, optionally deep-merging an overlay file (e.g. the fast test profile)."""
+    data = _read(Path(path))
+    if overlay is not None:
+        data = _merge(data, _read(Path(overlay)))
+    return parse(data, str(path) if overlay is None else f"{path} + {overlay}")
+
+
+def _read(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise StackError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise StackError(f"{path}: not valid YAML: {e}") from None
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Stack.model_json_schema(by_alias=True)
+    schema["title"] = "mlobs stack.yaml"
+    return schema

@@ -1,0 +1,383 @@
+"""The native runtime: the same configs, rendered for 127.0.0.1, run under supervisord.
+
+Binaries come from `.bin/` (filled by `make native-deps`) or PATH. Loki, Tempo and Grafana run
+only where the user installed their official release binaries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from mlobs import envfile, render
+from mlobs.config import Stack
+
+ROOT = render.ROOT
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    binaries: tuple[str, ...]  # names looked up in .bin/ then PATH, first found wins
+    health: str  # endpoint key of render.ENDPOINTS + path
+    health_path: str
+    how_to_get: str
+    required: bool = False
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("otel-collector", ("otelcol-mlobs", "otelcol-contrib"), "collector_health", "/",
+              "run `make native-deps` (builds it from the Go module proxy)", required=True),
+    Component("prometheus", ("prometheus",), "prometheus", "/-/ready",
+              "run `make native-deps` (builds it from the Go module proxy)", required=True),
+    Component("alertmanager", ("alertmanager",), "alertmanager", "/-/ready",
+              "run `make native-deps` (builds it from the Go module proxy)"),
+    Component("loki", ("loki",), "loki", "/ready",
+              "install the official Loki release binary into .bin/loki or PATH (see README)"),
+    Component("tempo", ("tempo",), "tempo", "/ready",
+              "install the official Tempo release binary into .bin/tempo or PATH (see README)"),
+    Component("grafana", ("grafana",), "grafana", "/api/health",
+              "unpack the official Grafana release and link its bin/grafana into .bin/ (see README)"),
+)
+
+
+@dataclass
+class State:
+    """Where one native stack keeps its rendered configs, data and logs."""
+
+    root: Path = ROOT / ".stack"
+    bin_dir: Path = ROOT / ".bin"
+    env_file: Path = ROOT / ".env"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "native"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.config_dir / "supervisord.conf"
+
+    @property
+    def socket(self) -> Path:
+        return self.config_dir / "supervisor.sock"
+
+
+@dataclass
+class Plan:
+    present: dict[str, Path] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def find_binary(names: tuple[str, ...], bin_dir: Path) -> Path | None:
+    for name in names:
+        local = bin_dir / name
+        if local.exists() and os.access(local, os.X_OK):
+            return local
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+def plan(state: State) -> Plan:
+    p = Plan()
+    for c in COMPONENTS:
+        path = find_binary(c.binaries, state.bin_dir)
+        if path:
+            p.present[c.name] = path
+        else:
+            p.missing[c.name] = f"no {' or '.join(c.binaries)} in {state.bin_dir} or PATH: {c.how_to_get}"
+    return p
+
+
+def render_native(stack: Stack, state: State, present: set[str]) -> render.Target:
+    target = render.native_target(stack, present & set(render.BACKENDS), state.config_dir, state.data_dir)
+    files = render.render(target)
+    render.write(files, state.config_dir)
+    return target
+
+
+def programs(stack: Stack, state: State, p: Plan, target: render.Target, secrets: dict[str, str]) -> dict[str, dict]:
+    """supervisord programs: name -> {command, environment, directory}."""
+    cfg, data = state.config_dir, state.data_dir
+    progs: dict[str, dict] = {}
+    if "otel-collector" in p.present:
+        progs["otel-collector"] = {"command": [str(p.present["otel-collector"]),
+                                               f"--config={cfg / 'otel-collector/config.yaml'}"]}
+    if "prometheus" in p.present:
+        progs["prometheus"] = {"command": [
+            str(p.present["prometheus"]), f"--config.file={cfg / 'prometheus/prometheus.yml'}",
+            f"--storage.tsdb.path={data / 'prometheus'}",
+            f"--storage.tsdb.retention.time={stack.retention.prometheus}",
+            f"--web.listen-address={target.listen('prometheus')}",
+            "--web.enable-otlp-receiver", "--enable-feature=exemplar-storage", "--web.enable-lifecycle"]}
+    if "alertmanager" in p.present:
+        progs["alertmanager"] = {"command": [
+            str(p.present["alertmanager"]), f"--config.file={cfg / 'alertmanager/alertmanager.yml'}",
+            f"--storage.path={data / 'alertmanager'}", f"--web.listen-address={target.listen('alertmanager')}",
+            # One instance: no gossip port to bind or clash.
+            "--cluster.listen-address="]}
+    if "loki" in p.present:
+        progs["loki"] = {"command": [str(p.present["loki"]), f"-config.file={cfg / 'loki/config.yaml'}"]}
+    if "tempo" in p.present:
+        progs["tempo"] = {"command": [str(p.present["tempo"]), f"-config.file={cfg / 'tempo/config.yaml'}",
+                                      "-target=all"]}
+    if "grafana" in p.present:
+        home = p.present["grafana"].resolve().parent.parent
+        progs["grafana"] = {
+            "command": [str(p.present["grafana"]), "server", f"--homepath={home}"],
+            "environment": {
+                "GF_PATHS_PROVISIONING": str(cfg / "grafana/provisioning"),
+                "GF_PATHS_DATA": str(data / "grafana"),
+                "GF_PATHS_LOGS": str(state.log_dir),
+                "GF_SERVER_HTTP_ADDR": "127.0.0.1",
+                "GF_SERVER_HTTP_PORT": str(stack.ports.grafana),
+                "GF_SECURITY_ADMIN_USER": "admin",
+                "GF_SECURITY_ADMIN_PASSWORD": secrets["GRAFANA_ADMIN_PASSWORD"],
+                "GF_AUTH_ANONYMOUS_ENABLED": "true" if stack.grafana.anonymous_viewer else "false",
+                "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+                "GF_USERS_ALLOW_SIGN_UP": "false",
+                "GF_PLUGINS_PREINSTALL_DISABLED": "true",
+                "GF_ANALYTICS_REPORTING_ENABLED": "false",
+                "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+            },
+        }
+    sample = stack.sample_service
+    if sample:
+        progs[sample.name] = {
+            "command": [sys.executable, "-m", "generator.service"],
+            "directory": str(ROOT),
+            "environment": sample_service_env(stack, state, secrets),
+        }
+    return progs
+
+
+def sample_service_env(stack: Stack, state: State, secrets: dict[str, str]) -> dict[str, str]:
+    sample = stack.sample_service
+    assert sample is not None
+    return {
+        "MLOBS_HOST": "127.0.0.1",
+        "MLOBS_PORT": str(stack.ports.inference),
+        "MLOBS_MODEL_DIR": str(state.data_dir / "models"),
+        "MLOBS_ADMIN_TOKEN": secrets["MLOBS_ADMIN_TOKEN"],
+        "OTEL_SERVICE_NAME": sample.name,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stack.ports.otlp_http}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _quote(arg: str) -> str:
+    if not arg or any(ch in arg for ch in " \"'%"):
+        return '"' + arg.replace("%", "%%").replace('"', '\\"') + '"'
+    return arg
+
+
+def supervisor_conf(state: State, progs: dict[str, dict]) -> str:
+    lines = [
+        "; Written by `mlobs up` (native runtime). Regenerated on every start.",
+        "[unix_http_server]",
+        f"file={state.socket}",
+        "chmod=0700",
+        "",
+        "[supervisord]",
+        f"logfile={state.log_dir / 'supervisord.log'}",
+        f"pidfile={state.config_dir / 'supervisord.pid'}",
+        f"directory={ROOT}",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{state.socket}",
+    ]
+    for name, prog in progs.items():
+        env = prog.get("environment", {})
+        lines += [
+            "",
+            f"[program:{name}]",
+            "command=" + " ".join(_quote(a) for a in prog["command"]),
+            f"directory={prog.get('directory', state.data_dir)}",
+            # A component that dies is restarted a few times, then left FATAL for status to report.
+            "autorestart=unexpected",
+            "startsecs=2",
+            "startretries=3",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "stopwaitsecs=20",
+            "redirect_stderr=true",
+            f"stdout_logfile={state.log_dir / (name + '.log')}",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=2",
+        ]
+        if env:
+            lines.append("environment=" + ",".join(f'{k}="{_env_escape(v)}"' for k, v in env.items()))
+    return "\n".join(lines) + "\n"
+
+
+def _env_escape(v: str) -> str:
+    return v.replace("%", "%%").replace('"', '\\"')
+
+
+def supervisorctl(state: State, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "supervisorctl"
+    return subprocess.run([str(exe), "-c", str(state.supervisor_conf), *args], capture_output=capture, text=True)
+
+
+def supervisord_running(state: State) -> bool:
+    if not state.socket.exists() or not state.supervisor_conf.exists():
+        return False
+    r = supervisorctl(state, "pid")
+    return r.returncode == 0 and r.stdout.strip().isdigit()
+
+
+@dataclass
+class Health:
+    name: str
+    url: str
+    state: str  # supervisor state
+    healthy: bool
+    detail: str = ""
+
+
+def health_urls(stack: Stack, names: list[str]) -> dict[str, str]:
+    target = render.native_target(stack, render.BACKENDS)
+    urls = {}
+    for c in COMPONENTS:
+        if c.name in names:
+            urls[c.name] = f"http://{target.connect(c.health)}{c.health_path}"
+    for s in stack.services:
+        if s.name in names:
+            urls[s.name] = (f"http://127.0.0.1:{stack.ports.inference}{s.health_path or '/healthz'}"
+                            if s.sample else (s.health_url or ""))
+    return urls
+
+
+def probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    try:
+        r = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as e:
+        return False, type(e).__name__
+    return r.is_success, f"HTTP {r.status_code}"
+
+
+def program_states(state: State) -> dict[str, str]:
+    r = supervisorctl(state, "status")
+    states = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def check(stack: Stack, state: State) -> list[Health]:
+    states = program_states(state) if supervisord_running(state) else {}
+    urls = health_urls(stack, list(states))
+    out = []
+    for name, st in states.items():
+        ok, detail = probe(urls[name]) if st == "RUNNING" and name in urls else (False, "")
+        out.append(Health(name, urls.get(name, ""), st, ok, detail))
+    return out
+
+
+def wait_healthy(stack: Stack, state: State, names: list[str], timeout: float,
+                 progress: Callable[[str, float], None] | None = None) -> dict[str, Health]:
+    """Poll every health endpoint until all answer, a program dies, or the timeout passes."""
+    urls = health_urls(stack, names)
+    deadline = time.monotonic() + timeout
+    result: dict[str, Health] = {}
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        states = program_states(state)
+        for name in sorted(pending):
+            st = states.get(name, "UNKNOWN")
+            if st in ("FATAL", "EXITED", "BACKOFF", "STOPPED"):
+                result[name] = Health(name, urls[name], st, False, "died: see `make logs`")
+                pending.discard(name)
+                continue
+            ok, detail = probe(urls[name])
+            if ok:
+                result[name] = Health(name, urls[name], st, True, detail)
+                pending.discard(name)
+        if progress:
+            progress(", ".join(sorted(pending)), deadline - time.monotonic())
+        if pending:
+            time.sleep(1)
+    for name in pending:
+        result[name] = Health(name, urls[name], program_states(state).get(name, "UNKNOWN"), False,
+                              f"no healthy answer within {timeout:.0f}s")
+    return result
+
+
+def start(stack: Stack, state: State, timeout: float = 120,
+          progress: Callable[[str, float], None] | None = None) -> tuple[Plan, dict[str, Health]]:
+    """Render, (re)start supervisord with every present component, wait for health."""
+    p = plan(state)
+    absent_required = [c.name for c in COMPONENTS if c.required and c.name not in p.present]
+    if absent_required:
+        raise RuntimeError(
+            "cannot start the native stack without " + ", ".join(absent_required) + ": "
+            + "; ".join(p.missing[n] for n in absent_required))
+    for d in (state.config_dir, state.data_dir, state.log_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    secrets, _ = envfile.ensure(state.env_file)
+    target = render_native(stack, state, set(p.present))
+    progs = programs(stack, state, p, target, secrets)
+    state.supervisor_conf.write_text(supervisor_conf(state, progs))
+    if supervisord_running(state):
+        # A second `up`: pick up changed programs, restart what changed, start what stopped.
+        supervisorctl(state, "reread")
+        supervisorctl(state, "update")
+        supervisorctl(state, "start", "all")
+    else:
+        exe = Path(sys.executable).parent / "supervisord"
+        r = subprocess.run([str(exe), "-c", str(state.supervisor_conf)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"supervisord did not start: {r.stderr.strip() or r.stdout.strip()}")
+        for _ in range(50):
+            if supervisord_running(state):
+                break
+            time.sleep(0.2)
+    health = wait_healthy(stack, state, list(progs), timeout, progress)
+    return p, health
+
+
+def stop(state: State) -> bool:
+    """Stop every program and supervisord; data stays. Returns whether anything was running."""
+    if not supervisord_running(state):
+        return False
+    supervisorctl(state, "shutdown")
+    for _ in range(100):
+        if not supervisord_running(state):
+            break
+        time.sleep(0.2)
+    return True
+
+
+def clean(state: State) -> None:
+    stop(state)
+    for d in (state.data_dir, state.log_dir, state.config_dir):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def log_files(state: State) -> list[Path]:
+    return sorted(state.log_dir.glob("*.log"))
