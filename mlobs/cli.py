@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -184,6 +185,40 @@ def logs(service: Annotated[str | None, typer.Argument()] = None, runtime: Runti
     for f in files:
         console.rule(f.stem)
         subprocess.call(["tail", "-n", str(lines), str(f)])
+
+
+@app.command(name="verify")
+def verify_cmd(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None,
+               timeout: Annotated[float, typer.Option(help="seconds to wait for each link")] = 90) -> None:
+    """Send one request and follow it across metrics, traces and logs, with Grafana Explore links."""
+    from mlobs import verify
+
+    s = _load(stack, overlay)
+    ep = verify.Endpoints.from_stack(s)
+    with console.status("Sending one request...") as st:
+        def progress(pending: str, left: float) -> None:
+            st.update(f"Waiting for: {pending} ({left:.0f}s left)")
+        try:
+            req, links = verify.verify(ep, timeout=timeout, progress=progress)
+        except (httpx.HTTPError, RuntimeError) as e:
+            err.print(f"[red]The sample service did not answer the request: {e}[/red]")
+            raise typer.Exit(1) from None
+    table = Table(title="mlobs verify: one request across the three signals")
+    for col in ("link", "status", "detail"):
+        table.add_column(col)
+    colors = {verify.OK: "green", verify.MISSING: "red", verify.NOT_RUNNING: "yellow", verify.UNAVAILABLE: "yellow"}
+    for link in links:
+        table.add_row(link.name, f"[{colors[link.status]}]{link.status}[/]", link.detail)
+    console.print(table)
+    for link in links:
+        if link.explore:
+            console.print(f"{link.name}: {link.explore}", soft_wrap=True)
+    missing = [link.name for link in links if link.status == verify.MISSING]
+    if req is None:
+        raise typer.Exit(3)
+    if missing:
+        err.print(f"[red]Missing links: {', '.join(missing)}[/red]")
+        raise typer.Exit(1)
 
 
 @app.command(name="native-deps")

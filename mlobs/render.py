@@ -88,6 +88,10 @@ class Target:
             return f"0.0.0.0:{container_port}"
         return f"127.0.0.1:{getattr(self.stack.ports, port_field)}"
 
+    def host(self, key: str) -> str:
+        """Interface a component binds, without the port."""
+        return self.listen(key).rsplit(":", 1)[0]
+
     def connect(self, key: str) -> str:
         """Address another component dials."""
         service, container_port, port_field = ENDPOINTS[key]

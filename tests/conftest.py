@@ -30,3 +30,51 @@ def need_binary(name: str) -> Path:
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+STACK_FILE = ROOT / "stack.yaml"
+TEST_OVERLAY = ROOT / "tests" / "stack.test.yaml"
+
+
+class RunningStack:
+    """A native stack started for the test session, on the shifted test ports."""
+
+    def __init__(self, stack, state, plan, health) -> None:
+        self.stack = stack
+        self.state = state
+        self.plan = plan
+        self.health = health
+
+    def url(self, key: str) -> str:
+        from mlobs import render
+
+        return "http://" + render.native_target(self.stack, render.BACKENDS).connect(key)
+
+    def has(self, component: str) -> bool:
+        return component in self.health and self.health[component].healthy
+
+
+@pytest.fixture(scope="session")
+def native_stack(tmp_path_factory: pytest.TempPathFactory):
+    """Start the real native stack once per session (collector, Prometheus, Alertmanager, sample
+    service, plus Loki/Tempo/Grafana where their binaries exist) and stop it at the end, also on failure."""
+    from mlobs import config
+    from mlobs.runtime import native
+
+    for name in ("otelcol-mlobs", "prometheus"):
+        need_binary(name)
+    stack = config.load(STACK_FILE, TEST_OVERLAY)
+    root = tmp_path_factory.mktemp("native-stack")
+    state = native.State(root=root / ".stack", bin_dir=BIN, env_file=root / ".env")
+    try:
+        plan, health = native.start(stack, state, timeout=180)
+        sick = {n: f"{h.state} {h.detail}" for n, h in health.items() if not h.healthy}
+        if sick:
+            logs = "\n".join(f"--- {f.name}\n" + "\n".join(f.read_text().splitlines()[-30:])
+                             for f in native.log_files(state))
+            pytest.fail(f"native stack unhealthy: {sick}\n{logs}")
+        for name, why in plan.missing.items():
+            print(f"native stack: {name} not running: {why}")
+        yield RunningStack(stack, state, plan, health)
+    finally:
+        native.stop(state)

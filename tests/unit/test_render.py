@@ -81,15 +81,15 @@ def test_compose_publishes_only_on_loopback_with_healthchecks_and_limits() -> No
     for name, svc in doc["services"].items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"
-        if name == "otelcol-volume-init":
+        if name == "volume-init":
             continue
         assert "mem_limit" in svc and "logging" in svc, name
         assert "healthcheck" in svc or probed.get(name) in doc["services"], f"{name} has no healthcheck"
         for dep, cond in svc.get("depends_on", {}).items():
             assert dep in doc["services"], f"{name} depends on unknown {dep}"
-            if dep != "otelcol-volume-init" and not dep.endswith("-ready") or name.endswith("-ready"):
+            if dep != "volume-init" and not dep.endswith("-ready") or name.endswith("-ready"):
                 assert cond["condition"] in ("service_healthy", "service_started"), (name, dep)
-            if not name.endswith("-ready") and dep != "otelcol-volume-init":
+            if not name.endswith("-ready") and dep != "volume-init":
                 assert cond["condition"] == "service_healthy", f"{name} must wait for {dep} to be healthy"
     assert set(doc["volumes"]) >= {"prometheus-data", "loki-data", "tempo-data", "grafana-data"}
 

@@ -1,0 +1,63 @@
+"""The rendered configs, checked by the real programs built from the pinned versions."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import need_binary
+from mlobs import config, render
+
+pytestmark = pytest.mark.native
+ROOT = render.ROOT
+STACK = config.load(ROOT / "stack.yaml")
+
+
+def run(*cmd: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(params=[("prometheus",), ("prometheus", "alertmanager"), render.BACKENDS],
+                ids=["prometheus-only", "with-alertmanager", "all-backends"])
+def native_dir(request, tmp_path: Path) -> Path:
+    target = render.native_target(STACK, request.param, tmp_path / "native", tmp_path / "data")
+    render.write(render.render(target), tmp_path / "native")
+    return tmp_path / "native"
+
+
+def test_collector_validates_the_native_config(native_dir: Path) -> None:
+    otelcol = need_binary("otelcol-mlobs")
+    r = run(otelcol, "validate", f"--config={native_dir / 'otel-collector/config.yaml'}")
+    assert r.returncode == 0, r.stderr
+
+
+def test_collector_validate_rejects_a_broken_config(tmp_path: Path) -> None:
+    otelcol = need_binary("otelcol-mlobs")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "otel-collector/config.yaml").read_text().replace("limit_mib:", "limit_mb:"))
+    assert run(otelcol, "validate", f"--config={bad}").returncode != 0
+
+
+def test_promtool_checks_config_and_rules(native_dir: Path) -> None:
+    promtool = need_binary("promtool")
+    r = run(promtool, "check", "config", native_dir / "prometheus/prometheus.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rules = sorted((native_dir / "prometheus/rules").glob("*.yml"))
+    if rules:
+        r = run(promtool, "check", "rules", *rules)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_checks_the_committed_compose_config() -> None:
+    promtool = need_binary("promtool")
+    r = run(promtool, "check", "config", "--syntax-only", ROOT / "prometheus/prometheus.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_amtool_checks_the_alertmanager_config(native_dir: Path) -> None:
+    amtool = need_binary("amtool")
+    for path in (native_dir / "alertmanager/alertmanager.yml", ROOT / "alertmanager/alertmanager.yml"):
+        r = run(amtool, "check-config", path)
+        assert r.returncode == 0, r.stdout + r.stderr
