@@ -142,6 +142,7 @@ class Service(Strict):
     sample: bool = False
     health_path: str | None = None
     health_url: str | None = None
+    env: dict[str, str] = Field({}, description="Extra environment of the sample service (e.g. MLOBS_DRIFT_WINDOW)")
 
     @model_validator(mode="after")
     def _health(self) -> Service:
@@ -149,6 +150,8 @@ class Service(Strict):
             raise ValueError("the sample service is found by the stack: give health_path, not health_url")
         if not self.sample and self.health_path:
             raise ValueError("a service of yours needs a full health_url, not a health_path")
+        if self.env and not self.sample:
+            raise ValueError("env applies to the sample service only: set your service's environment yourself")
         return self
 
 

@@ -182,6 +182,7 @@ def sample_service_env(stack: Stack, state: State, secrets: dict[str, str]) -> d
         "OTEL_METRIC_EXPORT_INTERVAL": "5000",
         "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
         "PYTHONUNBUFFERED": "1",
+        **sample.env,
     }
 
 

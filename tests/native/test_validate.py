@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import need_binary
 
-from conftest import need_binary
 from mlobs import config, render
 
 pytestmark = pytest.mark.native

@@ -1,0 +1,200 @@
+"""The end-to-end cases, one table: an input, and the metrics, traces and logs that must follow."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from harness import STAGES, Case, Expect, StackUnderTest
+
+from generator.workload import Workload
+
+SVC = "mlobs-inference"
+
+
+def _send(sut: StackUnderTest, n: int, seed: int, feedback_share: float = 0.0) -> dict[str, Any]:
+    work = Workload(seed=seed, batch_share=0.0)
+    trace_ids, request_ids, codes = [], [], []
+    for _ in range(n):
+        sample = work.single()
+        r, tid, rid = sut.predict(sample.body)
+        codes.append(r.status_code)
+        trace_ids.append(tid)
+        request_ids.append(rid)
+        if r.status_code == 200 and work.chance(feedback_share):
+            sut.feedback(rid, sample.labels[0])
+    return {"trace_ids": set(trace_ids), "request_ids": request_ids, "codes": codes, "first": trace_ids[0]}
+
+
+def requests(n: int, seed: int = 1, feedback_share: float = 0.0):
+    return lambda sut: _send(sut, n, seed, feedback_share)
+
+
+def value(rows: list[dict[str, Any]]) -> float | None:
+    return float(rows[0]["value"][1]) if rows else None
+
+
+def prom_above(expr: str, threshold: float, what: str, timeout: float = 90) -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        v = value(sut.promql(expr))
+        return v is not None and v > threshold, v
+    return Expect("prometheus", f"{what}: {expr} > {threshold}", probe, timeout)
+
+
+def prom_below(expr: str, threshold: float, what: str, timeout: float = 90) -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        v = value(sut.promql(expr))
+        return v is not None and v < threshold, v
+    return Expect("prometheus", f"{what}: {expr} < {threshold}", probe, timeout)
+
+
+def prom_labels(expr: str, label: str, wanted: set[str], what: str) -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        got = {r["metric"].get(label) for r in sut.promql(expr)}
+        return wanted <= got, sorted(map(str, got))
+    return Expect("prometheus", f"{what}: {label} of {expr} include {sorted(wanted)}", probe)
+
+
+def exemplars_of_sent(selector: str, what: str) -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        ids = sut.exemplar_trace_ids(selector) & facts["trace_ids"]
+        facts.setdefault("exemplars", {})[selector] = ids
+        return bool(ids), len(ids)
+    return Expect("prometheus", f"{what}: exemplars of {selector} name sent trace ids", probe)
+
+
+def same_trace_ids(a: str, b: str) -> Expect:
+    """The service's own histogram and the collector's span metrics point at the same requests."""
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        ids_a = sut.exemplar_trace_ids(a) & facts["trace_ids"]
+        ids_b = sut.exemplar_trace_ids(b) & facts["trace_ids"]
+        return bool(ids_a & ids_b), {"service": len(ids_a), "span_metrics": len(ids_b), "both": len(ids_a & ids_b)}
+    return Expect("prometheus", f"exemplars of {a} and {b} share trace ids", probe)
+
+
+def trace_has_stages() -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        for tid in sorted(facts["trace_ids"])[:5]:
+            t = sut.trace(tid)
+            if t and all(f'"{s}"' in str(t).replace("'", '"') for s in STAGES):
+                return True, tid
+        return False, "no sent trace with every stage yet"
+    return Expect("tempo", "a sent trace holds a span per stage", probe)
+
+
+def traceql_finds(query: str, what: str) -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        found = {t["traceID"].rjust(32, "0") for t in sut.traceql(query)}
+        return bool(found & facts["trace_ids"]), len(found)
+    return Expect("tempo", f"{what}: TraceQL {query}", probe)
+
+
+def logs_carry_ids() -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        tid = facts["first"]
+        streams = sut.logql(f'{{service_name="{SVC}"}} | trace_id="{tid}"')
+        rids = {s["stream"].get("request_id") for s in streams}
+        return facts["request_ids"][0] in rids, sorted(map(str, rids))
+    return Expect("loki", "log lines of one request carry its trace id and request id", probe)
+
+
+def train_run(sut: StackUnderTest) -> dict[str, Any]:
+    # A model directory of its own: the running service keeps serving its version.
+    r = sut.train(tempfile.mkdtemp(prefix="mlobs-train-"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return {"trace_ids": set(), "train_output": r.stdout[-500:]}
+
+
+STAGE_SET = set(STAGES)
+
+CASES: list[Case] = [
+    Case(
+        "requests: exemplars of the service and of the span metrics name the same traces",
+        needs=("prometheus",),
+        run=requests(40, seed=11),
+        expect=[
+            exemplars_of_sent(f'ml_request_duration_seconds_bucket{{job="{SVC}"}}', "request latency"),
+            exemplars_of_sent(f'ml_stage_duration_seconds_bucket{{job="{SVC}", ml_stage="inference"}}',
+                              "stage latency"),
+            exemplars_of_sent(f'traces_spanmetrics_duration_seconds_bucket{{service_name="{SVC}"}}', "span metrics"),
+            same_trace_ids(f'ml_request_duration_seconds_bucket{{job="{SVC}"}}',
+                           f'traces_spanmetrics_duration_seconds_bucket{{service_name="{SVC}"}}'),
+        ],
+    ),
+    Case(
+        "requests: span metrics exist for every pipeline stage and the downstream lookup",
+        needs=("prometheus",),
+        run=requests(10, seed=12),
+        expect=[prom_labels(f'traces_spanmetrics_calls_total{{service_name="{SVC}"}}', "span_name",
+                            STAGE_SET | {"feature_lookup"}, "span metrics per stage")],
+    ),
+    Case(
+        "requests: service-graph series for the sample service and its feature store",
+        needs=("prometheus", "servicegraph"),
+        run=requests(10, seed=13),
+        expect=[prom_labels(f'traces_service_graph_request_total{{client="{SVC}"}}', "server",
+                            {"mlobs-feature-store"}, "service graph edge to the feature store")],
+    ),
+    Case(
+        "invalid input: 422, an error span on validation and warning logs counted by severity",
+        needs=("prometheus",),
+        run=lambda sut: {"codes": [sut.predict({"features": {"mean_radius": "big"}})[0].status_code
+                                   for _ in range(3)], "trace_ids": set()},
+        expect=[
+            prom_above(f'sum(traces_spanmetrics_calls_total{{service_name="{SVC}", span_name="validation", '
+                       f'status_code="STATUS_CODE_ERROR"}})', 0, "error spans on validation"),
+            prom_labels(f'log_records_total{{job="{SVC}"}}', "severity_text", {"INFO", "WARN"},
+                        "log counts by severity"),
+        ],
+    ),
+    Case(
+        "drift fault: PSI of the shifted feature rises above 0.2, and settles once the fault is off",
+        needs=("prometheus",),
+        run=lambda sut: _with_fault(sut, {"fault": "drift", "features": ["mean_radius"], "scale": 1.6}, 150, 21),
+        expect=[prom_above(f'max(ml_feature_drift_psi{{job="{SVC}", ml_feature="mean_radius"}})', 0.2,
+                           "drift of mean_radius")],
+        then=lambda sut, facts: facts.update(_send(sut, 150, 22)),
+        expect_after=[prom_below(f'max(ml_feature_drift_psi{{job="{SVC}", ml_feature="mean_radius"}})', 0.1,
+                                 "drift settled")],
+    ),
+    Case(
+        "regression fault: F1 from feedback falls, and recovers once the fault is off",
+        needs=("prometheus",),
+        run=lambda sut: _with_fault(sut, {"fault": "regression"}, 150, 31, feedback_share=1.0),
+        expect=[prom_below(f'min(ml_model_f1{{job="{SVC}"}})', 0.8, "F1 of the regressed model")],
+        then=lambda sut, facts: facts.update(_send(sut, 150, 32, feedback_share=1.0)),
+        expect_after=[prom_above(f'max(ml_model_f1{{job="{SVC}"}})', 0.85, "F1 recovered")],
+    ),
+    Case(
+        "training run: one trace, loss per epoch, a counted run",
+        needs=("prometheus",),
+        run=train_run,
+        expect=[
+            prom_above('sum(ml_training_runs_total{job="mlobs-training"})', 0, "training runs"),
+            prom_labels('ml_training_loss{job="mlobs-training"}', "ml_training_epoch", {"1", "2"}, "loss per epoch"),
+            prom_above('sum(traces_spanmetrics_calls_total{service_name="mlobs-training", span_name="training.epoch"})',
+                       0, "epoch spans"),
+        ],
+    ),
+    Case(
+        "requests: the trace of a request holds every stage (Tempo)",
+        needs=("tempo",),
+        run=requests(10, seed=41),
+        expect=[trace_has_stages(),
+                traceql_finds(f'{{ resource.service.name = "{SVC}" && name = "inference" }}', "inference spans")],
+    ),
+    Case(
+        "requests: log lines carry the trace id and the request id (Loki)",
+        needs=("loki",),
+        run=requests(5, seed=51),
+        expect=[logs_carry_ids()],
+    ),
+]
+
+
+def _with_fault(sut: StackUnderTest, change: dict[str, Any], n: int, seed: int,
+                feedback_share: float = 0.0) -> dict[str, Any]:
+    with sut.fault(**change):
+        facts = _send(sut, n, seed, feedback_share)
+        facts["fault_on"] = True
+    return facts

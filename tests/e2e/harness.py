@@ -1,0 +1,193 @@
+"""The end-to-end harness: a stack under test, inputs that drive the sample service, and
+expectations (PromQL, exemplars, TraceQL, LogQL) retried until a deadline."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from mlobs import envfile, render
+from mlobs.config import Stack
+
+STAGES = ("validation", "feature_extraction", "inference", "postprocessing")
+
+
+class StackUnderTest:
+    """Endpoints of a running stack: the native one this session started, or any running stack
+    (`MLOBS_E2E_EXISTING=1`, e.g. the docker compose stack in the users' CI workflow)."""
+
+    def __init__(self, stack: Stack, admin_token: str, healthy: set[str], missing: dict[str, str]) -> None:
+        self.stack = stack
+        self.admin_token = admin_token
+        self.healthy = healthy
+        self.missing = missing
+        self._target = render.native_target(stack, render.BACKENDS)
+        sample = stack.sample_service
+        self.service_name = sample.name if sample else "mlobs-inference"
+
+    @classmethod
+    def existing(cls, stack: Stack, env_file: Any) -> StackUnderTest:
+        secrets_ = envfile.read(env_file)
+        sut = cls(stack, secrets_.get("MLOBS_ADMIN_TOKEN", ""), set(), {})
+        for name, path in (("otel-collector", "collector_health:/"), ("prometheus", "prometheus:/-/ready"),
+                           ("alertmanager", "alertmanager:/-/ready"), ("loki", "loki:/ready"),
+                           ("tempo", "tempo:/ready"), ("grafana", "grafana:/api/health"),
+                           (sut.service_name, "inference:/readyz")):
+            key, _, p = path.partition(":")
+            try:
+                ok = httpx.get(sut.url(key) + p, timeout=3).is_success
+            except httpx.HTTPError:
+                ok = False
+            (sut.healthy.add(name) if ok else sut.missing.__setitem__(name, f"no answer at {sut.url(key)}{p}"))
+        return sut
+
+    def url(self, key: str) -> str:
+        return "http://" + self._target.connect(key)
+
+    def has(self, component: str) -> bool:
+        return component in self.healthy
+
+    def why_missing(self, component: str) -> str:
+        return self.missing.get(component, f"{component} is not running")
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def predict(self, body: dict[str, Any], trace_id: str | None = None,
+                request_id: str | None = None) -> tuple[httpx.Response, str, str]:
+        trace_id = trace_id or secrets.token_hex(16)
+        request_id = request_id or f"e2e-{secrets.token_hex(6)}"
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "X-Request-ID": request_id}
+        r = httpx.post(f"{self.url('inference')}/predict", json=body, headers=headers, timeout=30)
+        return r, trace_id, request_id
+
+    def feedback(self, request_id: str, label: str, index: int = 0) -> httpx.Response:
+        return httpx.post(f"{self.url('inference')}/feedback", timeout=10,
+                          json={"request_id": request_id, "index": index, "label": label})
+
+    def admin(self, method: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        r = httpx.request(method, f"{self.url('inference')}/admin/faults", json=body, timeout=30,
+                          headers={"X-Admin-Token": self.admin_token})
+        r.raise_for_status()
+        return r
+
+    @contextmanager
+    def fault(self, **change: Any) -> Iterator[None]:
+        self.admin("POST", {"enabled": True, **change})
+        try:
+            yield
+        finally:
+            self.admin("DELETE")
+
+    def otel_env(self, service_name: str) -> dict[str, str]:
+        return {**os.environ, "OTEL_SERVICE_NAME": service_name,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": self.url("otlp_http"),
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_METRIC_EXPORT_INTERVAL": "2000"}
+
+    def train(self, model_dir: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**self.otel_env("mlobs-training"), "MLOBS_MODEL_DIR": model_dir}
+        return subprocess.run([sys.executable, "-m", "generator.train", *args], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=render.ROOT)
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    def promql(self, expr: str) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url('prometheus')}/api/v1/query", params={"query": expr}, timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]["result"]
+
+    def exemplar_trace_ids(self, selector: str, window: float = 900) -> set[str]:
+        now = time.time()
+        r = httpx.get(f"{self.url('prometheus')}/api/v1/query_exemplars", timeout=10,
+                      params={"query": selector, "start": now - window, "end": now + 60})
+        r.raise_for_status()
+        return {e["labels"].get("trace_id", "") for s in r.json()["data"] for e in s["exemplars"]}
+
+    def logql(self, query: str, window: float = 900) -> list[dict[str, Any]]:
+        now = time.time_ns()
+        r = httpx.get(f"{self.url('loki')}/loki/api/v1/query_range", timeout=10, params={
+            "query": query, "start": now - int(window * 1e9), "end": now + int(60e9), "limit": 500})
+        r.raise_for_status()
+        return r.json()["data"]["result"]
+
+    def traceql(self, query: str, window: float = 900) -> list[dict[str, Any]]:
+        now = int(time.time())
+        r = httpx.get(f"{self.url('tempo')}/api/search", timeout=10,
+                      params={"q": query, "start": now - int(window), "end": now + 60, "limit": 50})
+        r.raise_for_status()
+        return r.json().get("traces", [])
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        r = httpx.get(f"{self.url('tempo')}/api/v2/traces/{trace_id}", timeout=10)
+        return r.json() if r.status_code == 200 else None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url('prometheus')}/api/v1/alerts", timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]["alerts"]
+
+
+@dataclass
+class Expect:
+    """One expectation: a backend, a description, and a probe returning (ok, what was seen)."""
+
+    backend: str  # prometheus | tempo | loki | alertmanager
+    what: str
+    probe: Callable[[StackUnderTest, dict[str, Any]], tuple[bool, Any]]
+    timeout: float = 90
+
+
+@dataclass
+class Case:
+    name: str
+    needs: tuple[str, ...]
+    run: Callable[[StackUnderTest], dict[str, Any]]  # the input; returns facts for the probes
+    expect: list[Expect]
+    then: Callable[[StackUnderTest, dict[str, Any]], None] | None = None  # a second phase
+    expect_after: list[Expect] = field(default_factory=list)
+
+
+def eventually(sut: StackUnderTest, facts: dict[str, Any], e: Expect, interval: float = 2.0) -> None:
+    deadline = time.monotonic() + e.timeout
+    seen: Any = None
+    while True:
+        try:
+            ok, seen = e.probe(sut, facts)
+        except httpx.HTTPError as err:
+            ok, seen = False, err
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{e.backend}: {e.what}: not true within {e.timeout:.0f}s; last seen: {seen!r}")
+        time.sleep(interval)
+
+
+def collector_has(sut: StackUnderTest, component: str) -> bool:
+    """Does the running collector report this component in its own metrics?"""
+    try:
+        text = httpx.get(f"{sut.url('collector_metrics')}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return False
+    return f'="{component}"' in text
+
+
+def require(sut: StackUnderTest, needs: tuple[str, ...]) -> None:
+    for need in needs:
+        if need == "servicegraph":
+            if not collector_has(sut, "servicegraph"):
+                reason = render.NATIVE_MISSING["servicegraph"]
+                print(f"SKIP reason: {reason}")
+                pytest.skip(f"the running collector has no servicegraph connector: {reason}")
+        elif not sut.has(need):
+            reason = sut.why_missing(need)
+            print(f"SKIP reason: {reason}")
+            pytest.skip(f"{need} is not running: {reason}")
