@@ -57,6 +57,9 @@ load: venv ## drive the sample service with the load generator (DURATION, RATE)
 bench: venv ## latency the telemetry adds per request, p50 and p99
 	$(BIN)/python -m generator.bench
 
+e2e: venv querycheck-deps ## the end-to-end suite against the stack `make up` started (docker or native)
+	MLOBS_E2E_EXISTING=1 $(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
+
 verify: venv ## follow one request across metrics, traces and logs on the running stack
 	$(BIN)/mlobs verify
 

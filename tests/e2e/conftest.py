@@ -22,6 +22,5 @@ def sut(request) -> StackUnderTest:
         stack = config.load(root / "stack.yaml")
         return StackUnderTest.existing(stack, root / ".env")
     running = request.getfixturevalue("native_stack")
-    secrets = envfile.read(running.state.env_file)
     healthy = {n for n, h in running.health.items() if h.healthy}
-    return StackUnderTest(running.stack, secrets["MLOBS_ADMIN_TOKEN"], healthy, dict(running.plan.missing))
+    return StackUnderTest(running.stack, envfile.read(running.state.env_file), healthy, dict(running.plan.missing))

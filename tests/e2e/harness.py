@@ -26,9 +26,10 @@ class StackUnderTest:
     """Endpoints of a running stack: the native one this session started, or any running stack
     (`MLOBS_E2E_EXISTING=1`, e.g. the docker compose stack in the users' CI workflow)."""
 
-    def __init__(self, stack: Stack, admin_token: str, healthy: set[str], missing: dict[str, str]) -> None:
+    def __init__(self, stack: Stack, secrets: dict[str, str], healthy: set[str], missing: dict[str, str]) -> None:
         self.stack = stack
-        self.admin_token = admin_token
+        self.admin_token = secrets.get("MLOBS_ADMIN_TOKEN", "")
+        self.grafana_password = secrets.get("GRAFANA_ADMIN_PASSWORD", "")
         self.healthy = healthy
         self.missing = missing
         self._target = render.native_target(stack, render.BACKENDS)
@@ -37,8 +38,7 @@ class StackUnderTest:
 
     @classmethod
     def existing(cls, stack: Stack, env_file: Any) -> StackUnderTest:
-        secrets_ = envfile.read(env_file)
-        sut = cls(stack, secrets_.get("MLOBS_ADMIN_TOKEN", ""), set(), {})
+        sut = cls(stack, envfile.read(env_file), set(), {})
         for name, path in (("otel-collector", "collector_health:/"), ("prometheus", "prometheus:/-/ready"),
                            ("alertmanager", "alertmanager:/-/ready"), ("loki", "loki:/ready"),
                            ("tempo", "tempo:/ready"), ("grafana", "grafana:/api/health"),
