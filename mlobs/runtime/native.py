@@ -158,6 +158,24 @@ def programs(stack: Stack, state: State, p: Plan, target: render.Target, secrets
                 "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
             },
         }
+    # The analyzer: Alertmanager's webhook receiver (root-cause analysis, Grafana annotations).
+    progs["analyzer"] = {
+        "command": [sys.executable, "-m", "analyzer.app"],
+        "directory": str(ROOT),
+        "environment": {
+            "MLOBS_ANALYZER_HOST": "127.0.0.1",
+            "MLOBS_ANALYZER_PORT": str(stack.ports.analyzer),
+            "MLOBS_PROMETHEUS_URL": f"http://127.0.0.1:{stack.ports.prometheus}",
+            "MLOBS_GRAFANA_URL": f"http://127.0.0.1:{stack.ports.grafana}",
+            "GRAFANA_ADMIN_PASSWORD": secrets["GRAFANA_ADMIN_PASSWORD"],
+            "OTEL_SERVICE_NAME": "mlobs-analyzer",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stack.ports.otlp_http}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
+            "PYTHONUNBUFFERED": "1",
+        },
+    }
     sample = stack.sample_service
     if sample:
         progs[sample.name] = {
@@ -265,6 +283,8 @@ def health_urls(stack: Stack, names: list[str]) -> dict[str, str]:
     for c in COMPONENTS:
         if c.name in names:
             urls[c.name] = f"http://{target.connect(c.health)}{c.health_path}"
+    if "analyzer" in names:
+        urls["analyzer"] = f"http://127.0.0.1:{stack.ports.analyzer}/healthz"
     for s in stack.services:
         if s.name in names:
             urls[s.name] = (f"http://127.0.0.1:{stack.ports.inference}{s.health_path or '/healthz'}"

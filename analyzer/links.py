@@ -1,0 +1,88 @@
+"""TraceQL, LogQL and Grafana Explore URLs for a finding. Built as text; the analyzer never runs them.
+
+Datasource uids are fixed by the stack (``prometheus``, ``loki``, ``tempo``), so the URLs work in
+any mlobs Grafana.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+from analyzer.models import Finding, Links
+
+DEFAULT_SLOW = 0.5
+
+
+def quote_value(value: str) -> str:
+    """A double-quoted string literal, valid in PromQL, LogQL and TraceQL alike."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def slow_threshold(finding: Finding) -> float:
+    """Halfway between the baseline and the current latency: only the traces that got slower."""
+    if finding.baseline is not None and finding.current is not None and finding.current > finding.baseline:
+        return (finding.baseline + finding.current) / 2
+    return DEFAULT_SLOW
+
+
+def traceql(finding: Finding, job: str | None, model_version: str | None = None) -> str:
+    service = [f"resource.service.name = {quote_value(job)}"] if job else []
+    if finding.kind in ("stage_latency", "downstream_latency"):
+        terms = [*service, f"name = {quote_value(finding.subject)}", f"duration > {_ms(slow_threshold(finding))}"]
+    elif finding.kind == "errors":
+        terms = [*service, f"name = {quote_value(finding.subject)}", "status = error"]
+    elif finding.kind == "model_regression" and model_version:
+        terms = [*service, f"span.ml.model.version = {quote_value(model_version)}"]
+    else:
+        terms = [*service, f"(status = error || duration > {_ms(DEFAULT_SLOW)})"]
+    return "{ " + " && ".join(terms) + " }"
+
+
+def logql(finding: Finding, job: str | None) -> str:
+    stream = f"{{service_name={quote_value(job)}}}" if job else '{service_name=~".+"}'
+    if finding.kind == "model_regression":
+        return f'{stream} | event_name=~"model.deployed|training.finished"'
+    return f'{stream} | severity_text=~"WARN|ERROR|CRITICAL"'
+
+
+def explore_url(grafana: str, uid: str, query: dict[str, object], start_ms: int, end_ms: int) -> str:
+    pane = {
+        "datasource": uid,
+        "queries": [{"refId": "A", "datasource": {"type": uid, "uid": uid}, **query}],
+        "range": {"from": str(start_ms), "to": str(end_ms)},
+    }
+    panes = urllib.parse.quote(json.dumps({"rca": pane}, separators=(",", ":")), safe="")
+    return f"{grafana.rstrip('/')}/explore?schemaVersion=1&orgId=1&panes={panes}"
+
+
+def build_links(
+    finding: Finding,
+    *,
+    promql: str,
+    grafana: str,
+    job: str | None,
+    model_version: str | None,
+    start_ms: int,
+    end_ms: int,
+) -> Links:
+    trace_query = traceql(finding, job, model_version)
+    log_query = logql(finding, job)
+    return Links(
+        promql=promql,
+        prometheus_explore=explore_url(grafana, "prometheus", {"expr": promql, "range": True}, start_ms, end_ms),
+        traceql=trace_query,
+        tempo_explore=explore_url(
+            grafana,
+            "tempo",
+            {"queryType": "traceql", "query": trace_query, "limit": 20, "tableType": "traces"},
+            start_ms,
+            end_ms,
+        ),
+        logql=log_query,
+        loki_explore=explore_url(grafana, "loki", {"expr": log_query, "queryType": "range"}, start_ms, end_ms),
+    )

@@ -1,0 +1,516 @@
+"""Root-cause analysis of one alert over the Prometheus HTTP API.
+
+For the alert's ``job`` / ``ml_model_name`` (labels of every ``ml_*`` series, see
+``generator/TELEMETRY.md``) it asks Prometheus for each candidate signal over the last 65
+minutes, scores how far the latest point moved from the hour before the last 5 minutes
+(:mod:`analyzer.detect`), and ranks the candidates:
+
+============================  ===================  =========================================
+signal                        finding kind         subject
+============================  ===================  =========================================
+stage p95 / p99               stage_latency        ``ml_stage``
+span p95 / p99 (span metrics) stage_latency,       ``span_name``: CLIENT spans (the feature
+                              downstream_latency   lookup) are downstream; SERVER spans are the
+                                                   symptom and are skipped
+span error ratio              errors               ``span_name`` (SERVER spans weigh half)
+PSI, KS by feature            drift                ``ml_feature``
+accuracy, F1 (worst version)  model_regression     the model version; full weight only after a
+                                                   deployment in the last 15m, else half
+request rate                  traffic              the job (weighs 0.6: usually a symptom)
+============================  ===================  =========================================
+
+A score is ``weight · significance · effect``: significance grows with the z-score beyond 3,
+effect with the size of the change against what counts as a lot for that signal (100 ms, 5
+points of error ratio, 0.1 of PSI or KS, 5 points of accuracy, a doubling of traffic); both
+saturate below 1. A stage whose added latency is mostly that of a downstream span weighs half.
+Nothing moved → one ``unknown`` finding.
+
+The ground-truth series ``ml_fault_active`` is never read: it exists only so tests can judge
+this analysis against the injected fault.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from analyzer.detect import ROBUST_THRESHOLD, SIGMA_THRESHOLD, Anomaly, detect
+from analyzer.links import build_links, quote_value
+from analyzer.models import Finding, FindingKind, Incident, WebhookAlert
+from analyzer.prometheus import PrometheusAPI, RangeSeries, Sample
+
+RECENT_SECONDS = 300
+BASELINE_SECONDS = 3600
+STEP_SECONDS = 60
+RATE_WINDOW = "5m"
+DEPLOY_WINDOW = "15m"
+# An alert analysed long after it started (a repeated notification) is still judged at its start.
+ANCHOR_SECONDS = 600
+MIN_SCORE = 0.05
+MAX_FINDINGS = 10
+STAGE_EXPLAINED_WEIGHT = 0.5
+SERVER_SPAN_WEIGHT = 0.5
+TRAFFIC_WEIGHT = 0.6
+UNDEPLOYED_REGRESSION_WEIGHT = 0.5
+KIND_ORDER: tuple[FindingKind, ...] = (
+    "downstream_latency",
+    "errors",
+    "model_regression",
+    "drift",
+    "stage_latency",
+    "traffic",
+    "unknown",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the alert is about, from its labels; absent labels widen the queries."""
+
+    job: str | None
+    model_name: str | None
+    model_version: str | None
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> Target:
+        return cls(
+            labels.get("job") or None, labels.get("ml_model_name") or None, labels.get("ml_model_version") or None
+        )
+
+
+def selector(**matchers: str | None) -> str:
+    terms = [f"{name}={quote_value(value)}" for name, value in matchers.items() if value]
+    return "{" + ", ".join(terms) + "}" if terms else ""
+
+
+def promql(target: Target, focus: dict[str, str] | None = None) -> dict[str, str]:
+    """Every query the analysis runs, by name. The first group is ranged, the last three instant.
+
+    ``focus`` adds matchers (such as ``span_name="feature_lookup"``) to every selector: the
+    one-series version of a query, for the Grafana link of a finding.
+    """
+    focus = focus or {}
+    ml = selector(job=target.job, ml_model_name=target.model_name, **focus)
+    spans = selector(service_name=target.job, **focus)
+    errors = selector(service_name=target.job, status_code="STATUS_CODE_ERROR", **focus)
+    calls = f"sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{spans}[{RATE_WINDOW}]))"
+
+    def quantile(q: str, metric: str, by: str, matchers: str) -> str:
+        return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}{matchers}[{RATE_WINDOW}])))"
+
+    info = f"max by (ml_model_version) (ml_model_info{ml})"
+    return {
+        "stage_p95": quantile("0.95", "ml_stage_duration_seconds_bucket", "ml_stage", ml),
+        "stage_p99": quantile("0.99", "ml_stage_duration_seconds_bucket", "ml_stage", ml),
+        "span_p95": quantile("0.95", "traces_spanmetrics_duration_seconds_bucket", "span_name, span_kind", spans),
+        "span_p99": quantile("0.99", "traces_spanmetrics_duration_seconds_bucket", "span_name, span_kind", spans),
+        # `or 0 * calls` gives 0 rather than no series while a span has not failed yet.
+        "span_error_ratio": (
+            f"(sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{errors}[{RATE_WINDOW}]))"
+            f" or 0 * {calls}) / ({calls} > 0)"
+        ),
+        "drift_psi": f"max by (ml_feature) (ml_feature_drift_psi{ml})",
+        "drift_ks": f"max by (ml_feature) (ml_feature_drift_ks{ml})",
+        # The worst version serving: a freshly deployed bad version shows at once.
+        "accuracy": f"min(ml_model_accuracy{ml})",
+        "f1": f"min(ml_model_f1{ml})",
+        "request_rate": f"sum(rate(ml_request_duration_seconds_count{ml}[{RATE_WINDOW}]))",
+        "deployments": f"sum by (ml_model_version) (changes(ml_model_deployments_total{ml}[{DEPLOY_WINDOW}]))",
+        # A version's counter starts at 1, which changes() does not see: new info series do.
+        "new_versions": f"{info} unless max by (ml_model_version) (ml_model_info{ml} offset {DEPLOY_WINDOW})",
+        "previous_versions": f"max by (ml_model_version) (ml_model_info{ml} offset {DEPLOY_WINDOW})",
+    }
+
+
+INSTANT_QUERIES = ("deployments", "new_versions", "previous_versions")
+
+
+@dataclass(frozen=True)
+class Signal:
+    """How to read one ranged query: which finding it feeds and what counts as a big move."""
+
+    query: str
+    kind: FindingKind
+    label: str | None  # the label naming the subject; None: one series about the model or job
+    what: str
+    unit: str
+    direction: int  # +1: bad when it rises, -1: when it falls, 0: either way
+    min_scale: float
+    relative_floor: float
+    effect_unit: float
+
+
+SIGNALS: tuple[Signal, ...] = (
+    Signal("stage_p95", "stage_latency", "ml_stage", "p95 of stage", "s", 1, 0.001, 0.05, 0.1),
+    Signal("stage_p99", "stage_latency", "ml_stage", "p99 of stage", "s", 1, 0.001, 0.05, 0.1),
+    Signal("span_p95", "stage_latency", "span_name", "p95 of span", "s", 1, 0.001, 0.05, 0.1),
+    Signal("span_p99", "stage_latency", "span_name", "p99 of span", "s", 1, 0.001, 0.05, 0.1),
+    Signal("span_error_ratio", "errors", "span_name", "error ratio of span", "ratio", 1, 0.005, 0.0, 0.05),
+    Signal("drift_psi", "drift", "ml_feature", "PSI of feature", "", 1, 0.01, 0.0, 0.1),
+    Signal("drift_ks", "drift", "ml_feature", "KS statistic of feature", "", 1, 0.01, 0.0, 0.1),
+    Signal("accuracy", "model_regression", None, "rolling accuracy of", "", -1, 0.005, 0.0, 0.05),
+    Signal("f1", "model_regression", None, "rolling F1 of", "", -1, 0.005, 0.0, 0.05),
+    Signal("request_rate", "traffic", None, "request rate of", "req/s", 0, 0.01, 0.05, 1.0),
+)
+
+
+def _sat(x: float) -> float:
+    return x / (1.0 + x) if x > 0 else 0.0
+
+
+def fmt(value: float, unit: str) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if unit == "s":
+        return f"{value * 1000:.1f}ms" if abs(value) < 1 else f"{value:.2f}s"
+    if unit == "ratio":
+        return f"{value * 100:.1f}%"
+    if unit == "req/s":
+        return f"{value:.2f} req/s"
+    return f"{value:.3f}"
+
+
+def _z(value: float) -> str:
+    return f"{value:+.1f}" if abs(value) < 1000 else f"{value:+.2g}"
+
+
+def _version(label: str) -> tuple[int, int, str]:
+    """Numeric versions in numeric order (2 before 10), anything else after them."""
+    return (0, int(label), "") if label.isdigit() else (1, 0, label)
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
+
+
+@dataclass
+class _Evidence:
+    signal: Signal
+    subject: str
+    anomaly: Anomaly
+    expr: str
+    weight: float = 1.0
+
+    @property
+    def bad_delta(self) -> float:
+        """The change in the signal's bad direction (its size for two-sided signals)."""
+        delta = self.anomaly.delta
+        if not math.isfinite(delta):
+            return 0.0
+        return abs(delta) if self.signal.direction == 0 else delta * self.signal.direction
+
+    @property
+    def effect(self) -> float:
+        a = self.anomaly
+        if self.signal.unit == "req/s":
+            if a.latest <= 0 or a.median <= 0:
+                return 1.0 if a.latest != a.median else 0.0
+            return abs(math.log2(a.latest / a.median)) / self.signal.effect_unit
+        return max(self.bad_delta, 0.0) / self.signal.effect_unit
+
+    @property
+    def score(self) -> float:
+        a = self.anomaly
+        if not a.enough_history:
+            return 0.0
+        sign = self.signal.direction
+        robust, sigma = (abs(a.robust_z), abs(a.sigma_z)) if sign == 0 else (a.robust_z * sign, a.sigma_z * sign)
+        if robust <= ROBUST_THRESHOLD and sigma <= SIGMA_THRESHOLD:
+            return 0.0
+        return self.weight * _sat((max(robust, sigma) - 3.0) / 4.0) * _sat(self.effect)
+
+    def sentence(self) -> str:
+        a, unit = self.anomaly, self.signal.unit
+        name = f"{self.signal.what} {self.subject}"
+        if not a.enough_history:
+            return f"{name}: {fmt(a.latest, unit)} now, too little history for a baseline"
+        verb = "rose" if a.delta > 0 else "fell" if a.delta < 0 else "stayed"
+        return (
+            f"{name} {verb} from {fmt(a.median, unit)} (median of the baseline, MAD {fmt(a.mad, unit)}) "
+            f"to {fmt(a.latest, unit)}: robust z {_z(a.robust_z)}, σ-z {_z(a.sigma_z)}"
+        )
+
+
+@dataclass
+class _Candidate:
+    kind: FindingKind
+    subject: str
+    evidence: list[_Evidence] = field(default_factory=list)
+    weight: float = 1.0
+    notes: list[str] = field(default_factory=list)
+    more_promql: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> _Evidence:
+        """The strongest evidence; within 10% of it, the signal listed first (p95 before p99, accuracy before F1)."""
+        top = max(e.score for e in self.evidence)
+        close = [e for e in self.evidence if e.score >= 0.9 * top]
+        return min(close, key=lambda e: (SIGNALS.index(e.signal), -e.score))
+
+    @property
+    def score(self) -> float:
+        return round(self.weight * self.best.score, 4)
+
+    def added_seconds(self) -> float:
+        """The latency this candidate added (p95 when it moved, else p99)."""
+        moved = [e for e in self.evidence if e.signal.unit == "s" and e.score > 0]
+        moved.sort(key=lambda e: ("p95" not in e.signal.query, -e.bad_delta))
+        return moved[0].bad_delta if moved else 0.0
+
+    def finding(self) -> Finding:
+        best = self.best
+        ordered = [best, *sorted((e for e in self.evidence if e is not best), key=lambda e: -e.score)]
+        exprs = list(dict.fromkeys([*(e.expr for e in ordered), *self.more_promql]))
+        text = "\n".join([*(e.sentence() for e in ordered), *self.notes, *(f"PromQL: {x}" for x in exprs)])
+        return Finding(
+            kind=self.kind,
+            subject=self.subject,
+            score=self.score,
+            summary=best.sentence(),
+            evidence=text,
+            promql=exprs,
+            baseline=_finite(best.anomaly.median),
+            current=_finite(best.anomaly.latest),
+            robust_z=_finite(best.anomaly.robust_z),
+            sigma_z=_finite(best.anomaly.sigma_z),
+        )
+
+
+@dataclass
+class _Deployment:
+    happened: bool
+    new_versions: list[str]
+    previous_versions: list[str]
+    changes: dict[str, float]
+    exprs: list[str]
+
+    def note(self) -> str:
+        if not self.happened:
+            return f"no model version change in the last {DEPLOY_WINDOW}: a quality drop without one is a symptom"
+        parts = [f"model version change in the last {DEPLOY_WINDOW}"]
+        if self.new_versions:
+            before = ", ".join(self.previous_versions) or "none"
+            parts.append(f"version {', '.join(self.new_versions)} is new (before: {before})")
+        moved = {v: n for v, n in self.changes.items() if n > 0}
+        if moved:
+            parts.append(
+                f"changes(ml_model_deployments_total[{DEPLOY_WINDOW}]) = "
+                + ", ".join(f"{n:g} for version {v}" for v, n in sorted(moved.items()))
+            )
+        return "; ".join(parts)
+
+
+class RootCauseAnalyzer:
+    """Ranks the candidate causes of an alert; stateless apart from its clients."""
+
+    def __init__(
+        self,
+        prometheus: PrometheusAPI,
+        *,
+        grafana_url: str,
+        tracer: trace.Tracer | None = None,
+        recent_seconds: int = RECENT_SECONDS,
+        baseline_seconds: int = BASELINE_SECONDS,
+        step_seconds: int = STEP_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.prometheus = prometheus
+        self.grafana_url = grafana_url
+        self.tracer = tracer or trace.NoOpTracer()
+        self.recent_seconds = recent_seconds
+        self.baseline_seconds = baseline_seconds
+        self.step_seconds = step_seconds
+        self.clock = clock
+
+    @property
+    def window(self) -> str:
+        return (
+            f"the latest point against the {self.baseline_seconds // 60}m before the last "
+            f"{self.recent_seconds // 60}m (step {self.step_seconds}s)"
+        )
+
+    # ---- querying
+
+    def _run(
+        self, target: Target, at: float
+    ) -> tuple[dict[str, list[RangeSeries]], dict[str, list[Sample]], list[str]]:
+        queries = promql(target)
+        end = math.floor(at / self.step_seconds) * self.step_seconds
+        start = end - self.baseline_seconds - self.recent_seconds
+        parent = otel_context.get_current()
+        errors: list[str] = []
+
+        def one(name: str) -> tuple[str, list]:
+            expr = queries[name]
+            instant = name in INSTANT_QUERIES
+            attributes = {"db.system.name": "prometheus", "db.query.text": expr, "mlobs.query.name": name}
+            with self.tracer.start_as_current_span(
+                "prometheus query" if instant else "prometheus query_range", context=parent, attributes=attributes
+            ) as span:
+                try:
+                    if instant:
+                        return name, self.prometheus.query(expr, end)
+                    return name, self.prometheus.query_range(expr, start, end, self.step_seconds)
+                except Exception as exc:  # one failed query costs its signal, never the analysis
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                    errors.append(f"{name}: {exc}")
+                    return name, []
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="promql") as pool:
+            results = dict(pool.map(one, queries))
+        ranged = {k: v for k, v in results.items() if k not in INSTANT_QUERIES}
+        instant = {k: v for k, v in results.items() if k in INSTANT_QUERIES}
+        return ranged, instant, sorted(errors)
+
+    # ---- scoring
+
+    def _candidates(self, target: Target, ranged: dict[str, list[RangeSeries]]) -> dict[tuple[str, str], _Candidate]:
+        queries = promql(target)
+        recent_points = max(1, self.recent_seconds // self.step_seconds)
+        model = target.model_name or target.job or "model"
+        candidates: dict[tuple[str, str], _Candidate] = {}
+        for signal in SIGNALS:
+            for series in ranged.get(signal.query, []):
+                kind, weight = signal.kind, 1.0
+                span_kind = series.labels.get("span_kind", "")
+                if signal.query.startswith("span_p") and span_kind == "SPAN_KIND_SERVER":
+                    continue  # the request span is the symptom; its stages and calls are the suspects
+                if signal.query.startswith("span_p") and span_kind == "SPAN_KIND_CLIENT":
+                    kind = "downstream_latency"
+                if signal.kind == "errors" and span_kind == "SPAN_KIND_SERVER":
+                    weight = SERVER_SPAN_WEIGHT
+                if signal.kind == "traffic":
+                    weight = TRAFFIC_WEIGHT
+                subject = (
+                    series.labels.get(signal.label, "")
+                    if signal.label
+                    else (target.job or "" if signal.kind == "traffic" else model)
+                )
+                if not subject:
+                    continue
+                anomaly = detect(
+                    series.values,
+                    recent=recent_points,
+                    min_scale=signal.min_scale,
+                    relative_floor=signal.relative_floor,
+                )
+                evidence = _Evidence(signal, subject, anomaly, queries[signal.query], weight)
+                candidates.setdefault((kind, subject), _Candidate(kind, subject)).evidence.append(evidence)
+        return candidates
+
+    @staticmethod
+    def _deployment(target: Target, instant: dict[str, list[Sample]]) -> _Deployment:
+        queries = promql(target)
+        changes = {s.labels.get("ml_model_version", "?"): s.value for s in instant.get("deployments", [])}
+        new = sorted({s.labels.get("ml_model_version", "?") for s in instant.get("new_versions", [])}, key=_version)
+        before = sorted(
+            {s.labels.get("ml_model_version", "?") for s in instant.get("previous_versions", [])}, key=_version
+        )
+        happened = bool(new) or any(v > 0 for v in changes.values() if math.isfinite(v))
+        return _Deployment(happened, new, before, changes, [queries[k] for k in INSTANT_QUERIES])
+
+    @staticmethod
+    def _adjust(candidates: dict[tuple[str, str], _Candidate], deployment: _Deployment, target: Target) -> None:
+        downstream = [c for c in candidates.values() if c.kind == "downstream_latency" and c.score >= MIN_SCORE]
+        for candidate in candidates.values():
+            if candidate.kind == "stage_latency" and downstream:
+                added = candidate.added_seconds()
+                lookup = max(downstream, key=lambda c: c.added_seconds())
+                if added > 0 and lookup.added_seconds() >= 0.5 * added:
+                    candidate.weight = STAGE_EXPLAINED_WEIGHT
+                    candidate.notes.append(
+                        f"most of the added time is the downstream {lookup.subject} "
+                        f"(+{fmt(lookup.added_seconds(), 's')} of +{fmt(added, 's')}): a symptom of it"
+                    )
+            if candidate.kind == "downstream_latency":
+                candidate.notes.append("a CLIENT span: the time is spent in the downstream service it calls")
+            if candidate.kind == "model_regression":
+                candidate.notes.append(deployment.note())
+                candidate.more_promql.extend(deployment.exprs)
+                version = deployment.new_versions[-1] if deployment.new_versions else target.model_version
+                if version:
+                    candidate.subject = f"{candidate.subject} v{version}"
+                if not deployment.happened:
+                    candidate.weight = UNDEPLOYED_REGRESSION_WEIGHT
+
+    def _unknown(self, target: Target, ranged: dict[str, list[RangeSeries]], errors: list[str]) -> Finding:
+        checked = sum(len(v) for v in ranged.values())
+        job = target.job or "any job"
+        if checked:
+            text = (
+                f"No signal of {job} moved beyond its baseline: {checked} series checked (stage and span "
+                f"latency, span errors, drift, model quality, traffic), each scored as {self.window}."
+            )
+        else:
+            text = f"Prometheus has no ml_* or span-metric series of {job} in the window: is it running and exporting?"
+        if errors:
+            text += f"\n{len(errors)} queries failed: " + "; ".join(errors)
+        return Finding(
+            kind="unknown",
+            subject=target.job or "unknown",
+            score=0.0,
+            summary="no candidate cause moved beyond its baseline",
+            evidence=text,
+            promql=[promql(target)["request_rate"]],
+        )
+
+    # ---- the analysis
+
+    def analyze(self, alert: WebhookAlert, *, at: float | None = None) -> Incident:
+        now = self.clock() if at is None else at
+        when = min(now, alert.starts_at.timestamp() + ANCHOR_SECONDS)
+        target = Target.from_labels(alert.labels)
+        ranged, instant, errors = self._run(target, when)
+        candidates = self._candidates(target, ranged)
+        deployment = self._deployment(target, instant)
+        self._adjust(candidates, deployment, target)
+
+        def rank(c: _Candidate) -> tuple[float, int, str]:
+            return (-c.score, KIND_ORDER.index(c.kind), c.subject)
+
+        ranked = [c for c in sorted(candidates.values(), key=rank) if c.score > 0]
+        findings = [c.finding() for c in ranked[:MAX_FINDINGS]]
+        if not findings or findings[0].score < MIN_SCORE:
+            findings = [self._unknown(target, ranged, errors), *findings][:MAX_FINDINGS]
+            link_promql = findings[0].promql[0]
+        else:
+            best = ranked[0].best
+            focus = {best.signal.label: best.subject} if best.signal.label else None
+            link_promql = promql(target, focus)[best.signal.query]
+        top = findings[0]
+
+        end = math.floor(when / self.step_seconds) * self.step_seconds
+        start = end - self.baseline_seconds - self.recent_seconds
+        new_version = deployment.new_versions[-1] if deployment.new_versions else None
+        links = build_links(
+            top,
+            promql=link_promql,
+            grafana=self.grafana_url,
+            job=target.job,
+            model_version=new_version or target.model_version,
+            start_ms=int(start * 1000),
+            end_ms=int((end + self.recent_seconds) * 1000),
+        )
+        return Incident(
+            fingerprint=alert.fingerprint,
+            alertname=alert.alertname,
+            status=alert.status,
+            labels=alert.labels,
+            annotations=alert.annotations,
+            starts_at=alert.starts_at,
+            ends_at=alert.ended,
+            analyzed_at=datetime.fromtimestamp(now, UTC),
+            evaluated_at=datetime.fromtimestamp(end, UTC),
+            window=self.window,
+            top_suspect=top,
+            findings=findings,
+            links=links,
+            errors=errors,
+        )

@@ -1,0 +1,240 @@
+"""Canned Prometheus answers for the analyzer tests: a healthy hour, the five injected faults, fakes.
+
+Imported by name from the tests (a module name no other test folder uses: pytest puts each test
+folder on sys.path, and every folder has its own conftest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from analyzer import rca
+from analyzer.grafana import GrafanaAnnotator
+from analyzer.prometheus import RangeSeries, Sample, grid_size
+
+JOB = "mlobs-inference"
+MODEL = "breast-cancer-classifier"
+LABELS = {"job": JOB, "ml_model_name": MODEL, "ml_model_version": "1"}
+TARGET = rca.Target(JOB, MODEL, "1")
+# 1h of baseline plus 5m of recent points at a 60s step, as the analyzer asks.
+POINTS = (rca.BASELINE_SECONDS + rca.RECENT_SECONDS) // rca.STEP_SECONDS + 1
+FAULT_POINTS = 6  # the fault began 6 minutes ago: the whole recent window, plus one point
+NOW = 1_800_000_000.0
+
+STAGES = {"validation": 0.002, "feature_extraction": 0.008, "inference": 0.004, "postprocessing": 0.001}
+FEATURES = ("mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness")
+SERVER, INTERNAL, CLIENT = "SPAN_KIND_SERVER", "SPAN_KIND_INTERNAL", "SPAN_KIND_CLIENT"
+
+
+@dataclass
+class World:
+    """Per query name: label set → series of POINTS values; instant queries: label set → value."""
+
+    ranged: dict[str, dict[tuple, np.ndarray]] = field(default_factory=dict)
+    instant: dict[str, dict[tuple, float]] = field(default_factory=dict)
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))
+
+    def steady(self, query: str, labels: dict[str, str], level: float, noise: float) -> None:
+        values = level + self.rng.normal(0.0, noise, POINTS) if noise else np.full(POINTS, level)
+        self.ranged.setdefault(query, {})[tuple(sorted(labels.items()))] = values
+
+    def shift(self, query: str, labels: dict[str, str], to: float, noise: float = 0.0) -> None:
+        """The injected change: the last FAULT_POINTS points move to ``to``."""
+        series = self.ranged[query][tuple(sorted(labels.items()))]
+        series[-FAULT_POINTS:] = to + (self.rng.normal(0.0, noise, FAULT_POINTS) if noise else 0.0)
+
+    def set_instant(self, query: str, rows: dict[tuple, float]) -> None:
+        self.instant[query] = rows
+
+
+def healthy(noise: bool = True) -> World:
+    """An hour of a healthy sample service: small noise around plausible levels (none when ``noise`` is off)."""
+    w = World()
+    k = 1.0 if noise else 0.0
+    for stage, p95 in STAGES.items():
+        w.steady("stage_p95", {"ml_stage": stage}, p95, 0.05 * p95 * k)
+        w.steady("stage_p99", {"ml_stage": stage}, 1.5 * p95, 0.08 * p95 * k)
+        w.steady("span_p95", {"span_name": stage, "span_kind": INTERNAL}, p95, 0.05 * p95 * k)
+        w.steady("span_p99", {"span_name": stage, "span_kind": INTERNAL}, 1.5 * p95, 0.08 * p95 * k)
+        w.steady("span_error_ratio", {"span_name": stage, "span_kind": INTERNAL}, 0.0, 0.0)
+    for query, level in (("span_p95", 1.0), ("span_p99", 1.6)):
+        w.steady(query, {"span_name": "POST /predict", "span_kind": SERVER}, 0.02 * level, 0.001 * k)
+        w.steady(query, {"span_name": "feature_lookup", "span_kind": CLIENT}, 0.005 * level, 0.0003 * k)
+    # Invalid requests from the load generator fail validation: a steady, non-zero error ratio.
+    w.steady("span_error_ratio", {"span_name": "validation", "span_kind": INTERNAL}, 0.03, 0.004 * k)
+    w.steady("span_error_ratio", {"span_name": "POST /predict", "span_kind": SERVER}, 0.0, 0.0)
+    w.steady("span_error_ratio", {"span_name": "feature_lookup", "span_kind": CLIENT}, 0.0, 0.0)
+    for feature in FEATURES:
+        w.steady("drift_psi", {"ml_feature": feature}, 0.03, 0.008 * k)
+        w.steady("drift_ks", {"ml_feature": feature}, 0.05, 0.01 * k)
+    w.steady("accuracy", {}, 0.95, 0.004 * k)
+    w.steady("f1", {}, 0.94, 0.004 * k)
+    w.steady("request_rate", {}, 10.0, 0.3 * k)
+    w.set_instant("deployments", {(("ml_model_version", "1"),): 0.0})
+    w.set_instant("new_versions", {})
+    w.set_instant("previous_versions", {(("ml_model_version", "1"),): 1.0})
+    return w
+
+
+def fault_latency_inference() -> World:
+    w = healthy()
+    for query, extra in (("stage_p95", 0.5), ("stage_p99", 0.52)):
+        w.shift(query, {"ml_stage": "inference"}, extra, 0.01)
+    for query, extra in (("span_p95", 0.5), ("span_p99", 0.52)):
+        w.shift(query, {"span_name": "inference", "span_kind": INTERNAL}, extra, 0.01)
+        w.shift(query, {"span_name": "POST /predict", "span_kind": SERVER}, extra + 0.02, 0.01)
+    w.shift("request_rate", {}, 7.5, 0.2)  # a closed-loop load generator slows down with the service
+    return w
+
+
+def fault_slow_lookup() -> World:
+    w = healthy()
+    for query, base in (("stage_p95", 0.3), ("stage_p99", 0.32)):
+        w.shift(query, {"ml_stage": "feature_extraction"}, base + 0.008, 0.005)
+    for query, base in (("span_p95", 0.3), ("span_p99", 0.32)):
+        w.shift(query, {"span_name": "feature_lookup", "span_kind": CLIENT}, base + 0.005, 0.005)
+        w.shift(query, {"span_name": "feature_extraction", "span_kind": INTERNAL}, base + 0.008, 0.005)
+        w.shift(query, {"span_name": "POST /predict", "span_kind": SERVER}, base + 0.02, 0.005)
+    return w
+
+
+def fault_errors_inference() -> World:
+    w = healthy()
+    w.shift("span_error_ratio", {"span_name": "inference", "span_kind": INTERNAL}, 0.2, 0.01)
+    w.shift("span_error_ratio", {"span_name": "POST /predict", "span_kind": SERVER}, 0.19, 0.01)
+    # Failing requests skip post-processing: it gets a little faster, which is no cause.
+    w.shift("stage_p95", {"ml_stage": "postprocessing"}, 0.0009)
+    return w
+
+
+def fault_drift_mean_radius() -> World:
+    w = healthy()
+    w.shift("drift_psi", {"ml_feature": "mean_radius"}, 0.45, 0.02)
+    w.shift("drift_ks", {"ml_feature": "mean_radius"}, 0.35, 0.02)
+    # Drifted inputs cost accuracy too, without any deployment: a symptom.
+    w.shift("accuracy", {}, 0.88, 0.005)
+    w.shift("f1", {}, 0.86, 0.005)
+    return w
+
+
+def fault_regression() -> World:
+    w = healthy()
+    w.shift("accuracy", {}, 0.80, 0.005)
+    w.shift("f1", {}, 0.78, 0.005)
+    w.shift("stage_p95", {"ml_stage": "inference"}, 0.0045)  # the new model is a touch slower: no cause
+    w.set_instant("deployments", {(("ml_model_version", "1"),): 0.0, (("ml_model_version", "2"),): 0.0})
+    w.set_instant("new_versions", {(("ml_model_version", "2"),): 1.0})
+    return w
+
+
+SCENARIOS: dict[str, tuple[Callable[[], World], str, str]] = {
+    "latency in inference": (fault_latency_inference, "stage_latency", "inference"),
+    "slow feature lookup": (fault_slow_lookup, "downstream_latency", "feature_lookup"),
+    "error burst in inference": (fault_errors_inference, "errors", "inference"),
+    "drift on mean_radius": (fault_drift_mean_radius, "drift", "mean_radius"),
+    "regression after a deployment": (fault_regression, "model_regression", f"{MODEL} v2"),
+}
+
+
+class FakePrometheus:
+    """Answers exactly the analyzer's PromQL for TARGET from a World; anything else gets no data."""
+
+    def __init__(self, world: World, target: rca.Target = TARGET, ready: bool = True) -> None:
+        names = {expr: name for name, expr in rca.promql(target).items()}
+        self.world = world
+        self.names = names
+        self.asked: list[str] = []
+        self.ends: set[float] = set()
+        self.is_ready = ready
+
+    def _name(self, expr: str) -> str | None:
+        assert "ml_fault_active" not in expr, "the RCA must not read the ground truth"
+        self.asked.append(expr)
+        return self.names.get(expr)
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[RangeSeries]:
+        assert grid_size(start, end, step) == POINTS
+        self.ends.add(end)
+        name = self._name(expr)
+        rows = self.world.ranged.get(name or "", {})
+        return [RangeSeries(dict(labels), values.copy()) for labels, values in rows.items()]
+
+    def query(self, expr: str, at: float) -> list[Sample]:
+        name = self._name(expr)
+        return [Sample(dict(labels), value) for labels, value in self.world.instant.get(name or "", {}).items()]
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+
+class BrokenPrometheus(FakePrometheus):
+    """Every query fails, as when Prometheus is down."""
+
+    def __init__(self) -> None:
+        super().__init__(World(), ready=False)
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[RangeSeries]:
+        raise ConnectionError("connection refused")
+
+    def query(self, expr: str, at: float) -> list[Sample]:
+        raise ConnectionError("connection refused")
+
+
+def alert(
+    alertname: str = "MLLatencyAnomaly",
+    status: str = "firing",
+    fingerprint: str = "a1b2c3d4e5f60718",
+    labels: dict[str, str] | None = None,
+    starts_at: str = "2027-01-15T08:00:00Z",
+    ends_at: str = "0001-01-01T00:00:00Z",
+) -> dict:
+    return {
+        "status": status,
+        "labels": {"alertname": alertname, "severity": "warning", **LABELS, **(labels or {})},
+        "annotations": {"summary": f"{alertname} test"},
+        "startsAt": starts_at,
+        "endsAt": ends_at,
+        "generatorURL": "http://prometheus:9090/graph",
+        "fingerprint": fingerprint,
+    }
+
+
+def payload(*alerts: dict, status: str | None = None) -> dict:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="MLLatencyAnomaly"}',
+        "truncatedAlerts": 0,
+        "status": status or alerts[0]["status"],
+        "receiver": "analyzer",
+        "groupLabels": {"alertname": alerts[0]["labels"]["alertname"]},
+        "commonLabels": alerts[0]["labels"],
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": list(alerts),
+    }
+
+
+@dataclass
+class FakeGrafana:
+    """Records the annotation calls; answers like Grafana's HTTP API."""
+
+    requests: list[httpx.Request] = field(default_factory=list)
+    down: bool = False
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        self.requests.append(request)
+        if request.method == "POST" and request.url.path == "/api/annotations":
+            return httpx.Response(200, json={"message": "Annotation added", "id": 40 + len(self.requests)})
+        if request.method == "PATCH" and request.url.path.startswith("/api/annotations/"):
+            return httpx.Response(200, json={"message": "Annotation patched"})
+        return httpx.Response(404, json={"message": "not found"})
+
+    def annotator(self, **credentials: str) -> GrafanaAnnotator:
+        credentials = credentials or {"password": "secret"}
+        return GrafanaAnnotator("http://grafana:3000", transport=httpx.MockTransport(self.handler), **credentials)
