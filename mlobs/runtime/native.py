@@ -126,7 +126,8 @@ def programs(stack: Stack, state: State, p: Plan, target: render.Target, secrets
             f"--storage.tsdb.path={data / 'prometheus'}",
             f"--storage.tsdb.retention.time={stack.retention.prometheus}",
             f"--web.listen-address={target.listen('prometheus')}",
-            "--web.enable-otlp-receiver", "--enable-feature=exemplar-storage", "--web.enable-lifecycle"]}
+            "--web.enable-otlp-receiver", "--enable-feature=exemplar-storage,otlp-deltatocumulative",
+            "--web.enable-lifecycle"]}
     if "alertmanager" in p.present:
         progs["alertmanager"] = {"command": [
             str(p.present["alertmanager"]), f"--config.file={cfg / 'alertmanager/alertmanager.yml'}",

@@ -1,0 +1,720 @@
+"""Shared pieces of the mlobs dashboards: datasources, variables, annotations, panel factories.
+
+Every dashboard module builds its panels from these factories, so units, descriptions, thresholds
+and datasource references are set the same way everywhere. Names of metrics, labels, spans and
+log attributes follow generator/TELEMETRY.md.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Sequence
+from urllib.parse import quote
+
+from grafana_foundation_sdk.builders import (
+    barchart,
+    bargauge,
+    dashboard,
+    heatmap,
+    logs,
+    loki,
+    nodegraph,
+    prometheus,
+    stat,
+    statetimeline,
+    table,
+    tempo,
+    timeseries,
+)
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_models
+from grafana_foundation_sdk.models import dashboard as models
+from grafana_foundation_sdk.models import prometheus as prometheus_models
+
+# Datasource uids are fixed by the provisioning (grafana/provisioning/datasources) so that
+# dashboards and the links between signals can name them.
+PROMETHEUS = models.DataSourceRef(type_val="prometheus", uid="prometheus")
+LOKI = models.DataSourceRef(type_val="loki", uid="loki")
+TEMPO = models.DataSourceRef(type_val="tempo", uid="tempo")
+FIXED_DATASOURCE_UIDS = frozenset({"prometheus", "loki", "tempo", "alertmanager"})
+
+TAG = "mlobs"
+SAMPLE_SERVICE = "mlobs-inference"
+SAMPLE_TRAINING_SERVICE = "mlobs-training"
+SAMPLE_MODEL = "breast-cancer-classifier"
+
+# Population stability index: > 0.1 moderate drift (Evidently's default), > 0.2 significant.
+PSI_MODERATE = 0.1
+PSI_SIGNIFICANT = 0.2
+
+# The model-serving path as span names; the ml_stage label of ml_stage_duration_seconds has all but
+# feature_lookup (a CLIENT span to the feature store, not a stage of the model service itself).
+STAGES = ("validation", "feature_extraction", "feature_lookup", "inference", "postprocessing")
+STAGE_REGEX = "|".join(STAGES)
+
+# The requests that went wrong: failed, or slower than the latency thresholds' red line.
+TRACES_SLOW_OR_FAILED = (
+    '{ resource.service.name = "$service" && kind = server && (status = error || duration > 500ms) }'
+)
+SEVERITY_ERROR = 'severity_text=~"(?i)error|fatal|critical"'
+
+GREEN = "green"
+ORANGE = "orange"
+RED = "red"
+BLUE = "blue"
+
+Steps = Sequence[tuple[float | None, str]]
+
+# Threshold sets used by several panels.
+HIGHER_IS_BETTER_SCORE: Steps = ((None, RED), (0.8, ORANGE), (0.9, GREEN))
+ERROR_RATIO: Steps = ((None, GREEN), (0.01, ORANGE), (0.05, RED))
+LATENCY_SECONDS: Steps = ((None, GREEN), (0.25, ORANGE), (0.5, RED))
+PSI: Steps = ((None, GREEN), (PSI_MODERATE, ORANGE), (PSI_SIGNIFICANT, RED))
+NEUTRAL: Steps = ((None, BLUE),)
+ANY_IS_BAD: Steps = ((None, GREEN), (0.000001, RED))
+NONE_IS_BAD: Steps = ((None, RED), (0.000001, GREEN))
+
+
+# --- queries -------------------------------------------------------------------------------
+
+
+def promql(
+    expr: str,
+    legend: str = "__auto",
+    *,
+    ref: str = "A",
+    instant: bool = False,
+    exemplar: bool = False,
+    as_table: bool = False,
+    heatmap_format: bool = False,
+) -> prometheus.Dataquery:
+    query = (
+        prometheus.Dataquery()
+        .datasource(PROMETHEUS)
+        .ref_id(ref)
+        .expr(expr)
+        .legend_format(legend)
+        .editor_mode(prometheus_models.QueryEditorMode.CODE)
+    )
+    query = query.instant() if instant else query.range()
+    if exemplar:
+        query = query.exemplar(True)
+    if as_table:
+        query = query.format(prometheus_models.PromQueryFormat.TABLE)
+    if heatmap_format:
+        query = query.format(prometheus_models.PromQueryFormat.HEATMAP)
+    return query
+
+
+def logql(expr: str, *, ref: str = "A", legend: str | None = None, max_lines: int | None = None) -> loki.Dataquery:
+    query = loki.Dataquery().datasource(LOKI).ref_id(ref).expr(expr).query_type("range")
+    if legend is not None:
+        query = query.legend_format(legend)
+    if max_lines is not None:
+        query = query.max_lines(max_lines)
+    return query
+
+
+def traceql(query: str, *, ref: str = "A", limit: int = 20) -> tempo.TempoQuery:
+    return (
+        tempo.TempoQuery()
+        .datasource(TEMPO)
+        .ref_id(ref)
+        .query_type("traceql")
+        .query(query)
+        .limit(limit)
+        .table_type("traces")
+    )
+
+
+def service_map(*, ref: str = "A") -> tempo.TempoQuery:
+    """Tempo's "Service Graph" query: Grafana reads traces_service_graph_* from the Prometheus
+    datasource linked in the Tempo datasource (serviceMap.datasourceUid) and draws nodes and edges."""
+    return tempo.TempoQuery().datasource(TEMPO).ref_id(ref).query_type("serviceMap")
+
+
+# --- field config ----------------------------------------------------------------------------
+
+
+def thresholds(steps: Steps) -> dashboard.ThresholdsConfig:
+    return (
+        dashboard.ThresholdsConfig()
+        .mode(models.ThresholdsMode.ABSOLUTE)
+        .steps([models.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def value_text(mapping: dict[str, tuple[str, str]]) -> list[models.ValueMap]:
+    """Value → (text, color), e.g. {"1": ("firing", "red")}."""
+    return [
+        models.ValueMap(
+            options={
+                value: models.ValueMappingResult(text=text, color=color, index=index)
+                for index, (value, (text, color)) in enumerate(mapping.items())
+            }
+        )
+    ]
+
+
+PanelBuilder = typing.TypeVar("PanelBuilder", bound=cogbuilder.Builder[models.Panel])
+
+
+def _common(
+    panel: PanelBuilder,
+    title: str,
+    description: str,
+    unit: str | None,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    steps: Steps | None,
+    width: int,
+    height: int,
+    datasource: models.DataSourceRef | None = PROMETHEUS,
+) -> PanelBuilder:
+    built = panel.title(title).description(description).span(width).height(height)  # type: ignore[attr-defined]
+    if datasource is not None:
+        built = built.datasource(datasource)
+    if unit is not None:
+        built = built.unit(unit)
+    if steps is not None:
+        built = built.thresholds(thresholds(steps))
+    for target in targets:
+        built = built.with_target(target)
+    return typing.cast(PanelBuilder, built)
+
+
+# --- panels ----------------------------------------------------------------------------------
+
+
+def timeseries_panel(
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    *,
+    steps: Steps = NEUTRAL,
+    draw_thresholds: bool = False,
+    width: int = 12,
+    height: int = 8,
+    stack: common_models.StackingMode | None = None,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    decimals: int | None = None,
+    links: Sequence[dashboard.DashboardLink] = (),
+    datasource: models.DataSourceRef = PROMETHEUS,
+) -> timeseries.Panel:
+    panel = _common(timeseries.Panel(), title, description, unit, targets, steps, width, height, datasource)
+    panel = panel.legend(
+        common_builders.VizLegendOptions()
+        .display_mode(common_models.LegendDisplayMode.LIST)
+        .placement(common_models.LegendPlacement.BOTTOM)
+        .show_legend(True)
+    ).fill_opacity(10)
+    if draw_thresholds:
+        panel = panel.thresholds_style(
+            common_builders.GraphThresholdsStyleConfig().mode(common_models.GraphThresholdsStyleMode.DASHED)
+        )
+    if stack is not None:
+        panel = panel.stacking(common_builders.StackingConfig().mode(stack)).fill_opacity(60)
+    if min_value is not None:
+        panel = panel.min(min_value)
+    if max_value is not None:
+        panel = panel.max(max_value)
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    if links:
+        panel = panel.links(list(links))
+    return panel
+
+
+def stat_panel(
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    *,
+    steps: Steps = NEUTRAL,
+    width: int = 6,
+    height: int = 5,
+    decimals: int | None = None,
+    text_mode: common_models.BigValueTextMode = common_models.BigValueTextMode.AUTO,
+    mappings: list[models.ValueMap] | None = None,
+    links: Sequence[dashboard.DashboardLink] = (),
+) -> stat.Panel:
+    panel = _common(stat.Panel(), title, description, unit, targets, steps, width, height)
+    panel = (
+        panel.color_mode(common_models.BigValueColorMode.BACKGROUND)
+        .graph_mode(common_models.BigValueGraphMode.AREA)
+        .text_mode(text_mode)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    if mappings is not None:
+        panel = panel.mappings(list(mappings))
+    if links:
+        panel = panel.links(list(links))
+    return panel
+
+
+def bargauge_panel(
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    *,
+    steps: Steps = NEUTRAL,
+    width: int = 12,
+    height: int = 8,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    decimals: int | None = None,
+) -> bargauge.Panel:
+    panel = _common(bargauge.Panel(), title, description, unit, targets, steps, width, height)
+    panel = (
+        panel.orientation(common_models.VizOrientation.HORIZONTAL)
+        .display_mode(common_models.BarGaugeDisplayMode.LCD)
+        .show_unfilled(True)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    if min_value is not None:
+        panel = panel.min(min_value)
+    if max_value is not None:
+        panel = panel.max(max_value)
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    return panel
+
+
+def heatmap_panel(
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    *,
+    cell_unit: str = "reqps",
+    width: int = 12,
+    height: int = 8,
+) -> heatmap.Panel:
+    """A heatmap of pre-bucketed Prometheus histograms (queries in heatmap format), exemplars on top."""
+    panel = _common(heatmap.Panel(), title, description, None, targets, NEUTRAL, width, height)
+    return (
+        panel.calculate(False)
+        .y_axis(heatmap.YAxisConfig().unit(unit))
+        .cell_values(heatmap.CellValues().unit(cell_unit))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode("scheme")
+            .scheme("Oranges")
+            .fill("dark-orange")
+            .scale("exponential")
+            .exponent(0.5)
+            .steps(64)
+        )
+        .rows_frame(heatmap.RowsHeatmapOptions().layout("auto"))
+        .exemplars_color("rgba(255,0,255,0.7)")
+        .show_legend()
+    )
+
+
+def statetimeline_panel(
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    *,
+    steps: Steps = NEUTRAL,
+    mappings: list[models.ValueMap] | None = None,
+    width: int = 12,
+    height: int = 6,
+) -> statetimeline.Panel:
+    panel = _common(statetimeline.Panel(), title, description, unit, targets, steps, width, height)
+    panel = panel.show_value(common_models.VisibilityMode.AUTO).merge_values(True).fill_opacity(70)
+    if mappings is not None:
+        panel = panel.mappings(list(mappings))
+    return panel.color_scheme(dashboard.FieldColor().mode(models.FieldColorModeId.THRESHOLDS))
+
+
+def barchart_panel(
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    *,
+    x_field: str,
+    steps: Steps = NEUTRAL,
+    transformations: Sequence[models.DataTransformerConfig] = (),
+    width: int = 12,
+    height: int = 8,
+    decimals: int | None = None,
+) -> barchart.Panel:
+    panel = _common(barchart.Panel(), title, description, unit, targets, steps, width, height)
+    panel = panel.x_field(x_field).show_value(common_models.VisibilityMode.AUTO).fill_opacity(80)
+    for transformation in transformations:
+        panel = panel.with_transformation(transformation)
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    return panel
+
+
+def table_panel(
+    title: str,
+    description: str,
+    unit: str | None,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    *,
+    steps: Steps = NEUTRAL,
+    transformations: Sequence[models.DataTransformerConfig] = (),
+    datasource: models.DataSourceRef = PROMETHEUS,
+    width: int = 12,
+    height: int = 8,
+    decimals: int | None = None,
+) -> table.Panel:
+    panel = _common(table.Panel(), title, description, unit, targets, steps, width, height, datasource)
+    for transformation in transformations:
+        panel = panel.with_transformation(transformation)
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    return panel
+
+
+def trace_search_panel(title: str, description: str, query: str, *, width: int = 12, height: int = 9) -> table.Panel:
+    """A TraceQL search: one row per matching trace, the trace id opens the trace view.
+    The result frames carry their own units (durations in ms), so none is set on the panel."""
+    return table_panel(title, description, None, [traceql(query)], datasource=TEMPO, width=width, height=height)
+
+
+def node_graph_panel(title: str, description: str, *, width: int = 24, height: int = 12) -> nodegraph.Panel:
+    panel = _common(nodegraph.Panel(), title, description, None, [service_map()], None, width, height, TEMPO)
+    return panel.nodes(nodegraph.NodeOptions().main_stat_unit("ms").secondary_stat_unit("reqps")).edges(
+        nodegraph.EdgeOptions().main_stat_unit("ms").secondary_stat_unit("reqps")
+    )
+
+
+def logs_panel(title: str, description: str, expr: str, *, width: int = 24, height: int = 10) -> logs.Panel:
+    panel = _common(logs.Panel(), title, description, None, [logql(expr, max_lines=500)], None, width, height, LOKI)
+    return (
+        panel.show_time(True)
+        .wrap_log_message(True)
+        .enable_log_details(True)
+        .prettify_log_message(False)
+        .show_common_labels(False)
+        .show_labels(False)
+        .sort_order(common_models.LogsSortOrder.DESCENDING)
+        .dedup_strategy(common_models.LogsDedupStrategy.NONE)
+    )
+
+
+def alert_list_panel(title: str, description: str, *, width: int = 12, height: int = 9) -> dashboard.Panel:
+    """Grafana's alert list: current states of the alert rules Grafana sees, including the rules
+    Prometheus evaluates (datasource-managed rules). The Alertmanager datasource cannot back a panel
+    (its plugin has no query support), so the alert states come from here and from ALERTS."""
+    return (
+        dashboard.Panel()
+        .type("alertlist")
+        .title(title)
+        .description(description)
+        .span(width)
+        .height(height)
+        .links(
+            [
+                dashboard.DashboardLink("Alert groups and silences")
+                .type(models.DashboardLinkType.LINK)
+                .url("/alerting/groups")
+            ]
+        )
+        .options(
+            {
+                "viewMode": "list",
+                "groupMode": "default",
+                "groupBy": [],
+                "maxItems": 20,
+                "sortOrder": 3,  # importance: firing first
+                "dashboardAlerts": False,
+                "alertName": "",
+                "alertInstanceLabelFilter": "",
+                "showInstances": True,
+                "showInactiveAlerts": False,
+                "stateFilter": {
+                    "firing": True,
+                    "pending": True,
+                    "recovering": True,
+                    "noData": True,
+                    "normal": False,
+                    "error": True,
+                },
+            }
+        )
+    )
+
+
+# --- links -----------------------------------------------------------------------------------
+
+
+def explore_link(title: str, datasource: models.DataSourceRef, query: dict[str, object]) -> dashboard.DashboardLink:
+    """A link that opens Explore on one query, over the dashboard's time range.
+
+    Grafana replaces $service and the like in the link before following it; the query JSON is
+    percent-encoded around them (`$` stays literal so the variables are still found).
+    """
+    pane = {
+        "mlobs": {
+            "datasource": datasource.uid,
+            "queries": [{"refId": "A", "datasource": {"type": datasource.type_val, "uid": datasource.uid}, **query}],
+            "range": {"from": "$__from", "to": "$__to"},
+        }
+    }
+    panes = quote(json.dumps(pane, separators=(",", ":"), sort_keys=True), safe="$")
+    return (
+        dashboard.DashboardLink(title)
+        .type(models.DashboardLinkType.LINK)
+        .url(f"/explore?schemaVersion=1&orgId=1&panes={panes}")
+        .target_blank(True)
+    )
+
+
+def traces_link(title: str, query: str) -> dashboard.DashboardLink:
+    return explore_link(title, TEMPO, {"queryType": "traceql", "query": query, "limit": 20, "tableType": "traces"})
+
+
+def logs_link(title: str, expr: str) -> dashboard.DashboardLink:
+    return explore_link(title, LOKI, {"expr": expr, "queryType": "range"})
+
+
+def dashboards_link() -> dashboard.DashboardLink:
+    return (
+        dashboard.DashboardLink("mlobs dashboards")
+        .type(models.DashboardLinkType.DASHBOARDS)
+        .tags([TAG])
+        .as_dropdown(True)
+        .include_vars(True)
+        .keep_time(True)
+    )
+
+
+# --- variables -------------------------------------------------------------------------------
+
+
+def _current(value: str | list[str]) -> models.VariableOption:
+    if isinstance(value, list):
+        text = "All" if value == ["$__all"] else " + ".join(value)
+        return models.VariableOption(selected=True, text=[text], value=value)
+    return models.VariableOption(selected=True, text=value, value=value)
+
+
+def query_variable(
+    name: str,
+    label: str,
+    query: str,
+    default: str | list[str],
+    description: str,
+    *,
+    multi: bool = False,
+) -> dashboard.QueryVariable:
+    """A Prometheus `label_values(...)` variable. The default is the sample service's value,
+    which the end-to-end suite also uses; Grafana falls back to the first option when it is absent."""
+    variable = (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .query(query)
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.NATURAL_ASC)
+        .current(_current(default))
+    )
+    if multi:
+        variable = variable.multi(True).include_all(True).all_value(".*")
+    return variable
+
+
+def textbox_variable(name: str, label: str, default: str, description: str) -> dashboard.TextBoxVariable:
+    return (
+        dashboard.TextBoxVariable(name)
+        .label(label)
+        .description(description)
+        .default_value(default)
+        .current(_current(default))
+    )
+
+
+def service_variable(query: str, default: str = SAMPLE_SERVICE) -> dashboard.QueryVariable:
+    return query_variable(
+        "service", "Service", query, default, "The service.name of the model service (Prometheus job)."
+    )
+
+
+def model_variable(source_metric: str) -> dashboard.QueryVariable:
+    return query_variable(
+        "model",
+        "Model",
+        f'label_values({source_metric}{{job="$service"}}, ml_model_name)',
+        SAMPLE_MODEL,
+        "ml.model.name of the model served or trained by the service.",
+    )
+
+
+def version_variable(source_metric: str) -> dashboard.QueryVariable:
+    return query_variable(
+        "version",
+        "Version",
+        f'label_values({source_metric}{{job="$service", ml_model_name="$model"}}, ml_model_version)',
+        ["$__all"],
+        "ml.model.version: one, several or all versions of the model.",
+        multi=True,
+    )
+
+
+# --- annotations -----------------------------------------------------------------------------
+
+
+class _AnnotationQuery(models.AnnotationQuery):
+    """The SDK's annotation model lacks the per-datasource fields (step, titleFormat, tagKeys, ...)
+    that Grafana's Prometheus and Loki annotation support read; they are added here. The query is
+    written both at the top (what Grafana's legacy runner for Prometheus and Loki reads) and as
+    `target` (the standard annotation model)."""
+
+    def __init__(self, extra: dict[str, object], **kwargs: typing.Any) -> None:
+        super().__init__(**kwargs)
+        self.extra = extra
+
+    def to_json(self) -> dict[str, object]:
+        payload = super().to_json()
+        payload.update(self.extra)
+        return payload
+
+
+class AnnotationBuilder(cogbuilder.Builder[models.AnnotationQuery]):
+    def __init__(
+        self,
+        name: str,
+        datasource: models.DataSourceRef,
+        expr: str,
+        color: str,
+        extra: dict[str, object],
+    ) -> None:
+        target: dict[str, object] = {"refId": "Anno", "expr": expr}
+        if datasource.type_val == "prometheus":
+            target["interval"] = extra.get("step", "")
+        else:
+            target["queryType"] = "range"
+        self._internal = _AnnotationQuery(
+            {**extra, "target": target},
+            name=name,
+            datasource=datasource,
+            enable=True,
+            hide=False,
+            icon_color=color,
+            expr=expr,
+        )
+
+    def build(self) -> models.AnnotationQuery:
+        return self._internal
+
+
+# A deployment shows as a step of ml_model_deployments_total, or as a new series when a new version
+# (or a restarted process) starts counting; both are caught, per model and version.
+DEPLOYMENTS_EXPR = (
+    "sum by (job, ml_model_name, ml_model_version) ("
+    "changes(ml_model_deployments_total[1m]) > 0"
+    " or (ml_model_deployments_total unless ml_model_deployments_total offset 1m))"
+)
+# A fault is drawn as a region for as long as it is active.
+FAULTS_EXPR = "max by (ml_fault) (ml_fault_active) > 0"
+# Log records with an event.name worth marking (OTLP attributes are structured metadata in Loki,
+# dots replaced by underscores).
+EVENTS_EXPR = '{service_name=~".+"} | event_name=~"model.deployed|fault.changed|training.finished"'
+
+
+def annotations() -> list[AnnotationBuilder]:
+    """The events drawn on every mlobs dashboard."""
+    return [
+        AnnotationBuilder(
+            "Deployments",
+            PROMETHEUS,
+            DEPLOYMENTS_EXPR,
+            "#3274D9",
+            {
+                "step": "30s",
+                "titleFormat": "Deployed {{ml_model_name}} {{ml_model_version}}",
+                "textFormat": "{{job}}",
+                "tagKeys": "ml_model_name,ml_model_version",
+                "useValueForTime": False,
+            },
+        ),
+        AnnotationBuilder(
+            "Faults",
+            PROMETHEUS,
+            FAULTS_EXPR,
+            "#F2495C",
+            {
+                "step": "30s",
+                "titleFormat": "Fault {{ml_fault}} active",
+                "tagKeys": "ml_fault",
+                "useValueForTime": False,
+            },
+        ),
+        AnnotationBuilder(
+            "Events from logs",
+            LOKI,
+            EVENTS_EXPR,
+            "#FF9830",
+            {
+                "instant": False,
+                "titleFormat": "{{event_name}}",
+                # model.deployed carries ml.model.version, fault.changed ml.fault (TELEMETRY.md)
+                "textFormat": "{{service_name}} {{ml_model_version}} {{ml_fault}}",
+                "tagKeys": "event_name,service_name",
+            },
+        ),
+    ]
+
+
+def transformation(transformer: str, options: dict[str, object]) -> models.DataTransformerConfig:
+    return models.DataTransformerConfig(id_val=transformer, options=options)
+
+
+# --- assembling ------------------------------------------------------------------------------
+
+
+Section = tuple[str, Sequence[cogbuilder.Builder[models.Panel]]]
+
+
+def assemble(
+    uid: str,
+    title: str,
+    description: str,
+    variables: Sequence[cogbuilder.Builder[models.VariableModel]],
+    sections: Sequence[Section],
+    *,
+    time_from: str = "now-1h",
+) -> dict[str, typing.Any]:
+    """Lays the sections out as rows, adds the shared annotations and links, returns the JSON dict."""
+    builder = (
+        dashboard.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags([TAG])
+        .editable()
+        .tooltip(models.DashboardCursorSync.CROSSHAIR)
+        .time(time_from, "now")
+        .refresh("30s")
+        .timezone("browser")
+        .link(dashboards_link())
+    )
+    for variable in variables:
+        builder = builder.with_variable(variable)
+    for annotation in annotations():
+        builder = builder.annotation(annotation)
+    for row_title, panels in sections:
+        builder = builder.with_row(dashboard.Row(row_title))
+        for panel in panels:
+            builder = builder.with_panel(panel)
+    result: dict[str, typing.Any] = json.loads(JSONEncoder().encode(builder.build()))
+    result.setdefault("templating", {}).setdefault("list", [])
+    for number, panel_json in enumerate(result["panels"], start=1):
+        panel_json["id"] = number
+    return result
