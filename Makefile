@@ -48,11 +48,11 @@ native-deps: venv ## build collector, Prometheus, Alertmanager (+ promtool, amto
 querycheck-deps: ## install the LogQL/TraceQL grammars from npm
 	@test -d scripts/querycheck/node_modules || (cd scripts/querycheck && npm ci --no-audit --no-fund --loglevel=error)
 
-train: venv ## train a new model version (the running service picks it up)
-	$(BIN)/python -m generator.train
+train: venv ## train a new model version (the running service picks it up; ARGS="--degraded")
+	$(BIN)/mlobs train --runtime $(RUNTIME) $(ARGS)
 
-load: venv ## drive the sample service with the load generator (DURATION, RATE)
-	$(BIN)/python -m generator.loadgen --duration $${DURATION:-60s} --rate $${RATE:-5}
+load: venv ## drive the sample service with the load generator (RATE=5 DURATION=60s ARGS="--chaos --seed 1")
+	$(BIN)/mlobs load --rate $${RATE:-5} --duration $${DURATION:-60s} $(ARGS)
 
 bench: venv ## latency the telemetry adds per request, p50 and p99
 	$(BIN)/python -m generator.bench

@@ -221,6 +221,43 @@ def verify_cmd(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None
         raise typer.Exit(1)
 
 
+def _tool_env(s: config.Stack) -> dict[str, str]:
+    """Environment for the training job and the load generator: OTLP to this stack's collector."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
+    env.update({
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{s.ports.otlp_http}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
+        "MLOBS_ADMIN_TOKEN": envfile.read(ROOT / ".env").get("MLOBS_ADMIN_TOKEN", ""),
+    })
+    return env
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context, stack: StackOpt = ROOT / "stack.yaml", runtime: RuntimeOpt = "auto") -> None:
+    """Train a new model version where the running sample service picks it up (extra args go to
+    `python -m generator.train`, e.g. --epochs 30 --degraded)."""
+    s = _load(stack)
+    if _runtime(runtime) == "docker":
+        name = s.sample_service.name if s.sample_service else "mlobs-inference"
+        raise typer.Exit(docker.compose("exec", "-e", "OTEL_SERVICE_NAME=mlobs-training", name,
+                                        "python", "-m", "generator.train", *ctx.args))
+    env = _tool_env(s) | {"MLOBS_MODEL_DIR": str(_native_state().data_dir / "models")}
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "generator.train", *ctx.args], env=env, cwd=ROOT))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def load(ctx: typer.Context, stack: StackOpt = ROOT / "stack.yaml") -> None:
+    """Drive the sample service with the load generator (extra args go to `python -m generator.loadgen`,
+    e.g. --rate 5 --duration 60s --fault latency:inference --chaos --seed 42)."""
+    s = _load(stack)
+    args = ["--host", f"http://127.0.0.1:{s.ports.inference}", *ctx.args]
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "generator.loadgen", *args], env=_tool_env(s), cwd=ROOT))
+
+
 @app.command(name="native-deps")
 def native_deps(stack: StackOpt = ROOT / "stack.yaml",
                 only: Annotated[list[str] | None, typer.Option(help="build only these binaries")] = None) -> None:

@@ -242,7 +242,7 @@ def supervisor_conf(state: State, progs: dict[str, dict]) -> str:
             "startretries=3",
             "stopasgroup=true",
             "killasgroup=true",
-            "stopwaitsecs=20",
+            "stopwaitsecs=20",  # the services flush their last telemetry on SIGTERM
             "redirect_stderr=true",
             f"stdout_logfile={state.log_dir / (name + '.log')}",
             "stdout_logfile_maxbytes=20MB",
