@@ -14,16 +14,19 @@ SVC = "mlobs-inference"
 
 def _send(sut: StackUnderTest, n: int, seed: int, feedback_share: float = 0.0) -> dict[str, Any]:
     work = Workload(seed=seed, batch_share=0.0)
-    trace_ids, request_ids, codes = [], [], []
+    trace_ids, request_ids, codes, versions = [], [], [], []
     for _ in range(n):
         sample = work.single()
         r, tid, rid = sut.predict(sample.body)
         codes.append(r.status_code)
+        if r.status_code == 200:
+            versions.append(r.json()["model_version"])
         trace_ids.append(tid)
         request_ids.append(rid)
         if r.status_code == 200 and work.chance(feedback_share):
             sut.feedback(rid, sample.labels[0])
-    return {"trace_ids": set(trace_ids), "request_ids": request_ids, "codes": codes, "first": trace_ids[0]}
+    return {"trace_ids": set(trace_ids), "request_ids": request_ids, "codes": codes, "first": trace_ids[0],
+            "version": versions[-1] if versions else None}
 
 
 def requests(n: int, seed: int = 1, feedback_share: float = 0.0):
@@ -46,6 +49,16 @@ def prom_below(expr: str, threshold: float, what: str, timeout: float = 90) -> E
         v = value(sut.promql(expr))
         return v is not None and v < threshold, v
     return Expect("prometheus", f"{what}: {expr} < {threshold}", probe, timeout)
+
+
+def f1_of_served_version(above: float | None = None, below: float | None = None, what: str = "") -> Expect:
+    """F1 of the version that answered the last requests (gauges of a replaced version linger in
+    Prometheus for the 5-minute lookback, so the version is named)."""
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        v = value(sut.promql(f'ml_model_f1{{job="{SVC}", ml_model_version="{facts["version"]}"}}'))
+        ok = v is not None and (above is None or v > above) and (below is None or v < below)
+        return ok, {"version": facts["version"], "f1": v}
+    return Expect("prometheus", what, probe)
 
 
 def prom_labels(expr: str, label: str, wanted: set[str], what: str) -> Expect:
@@ -153,7 +166,8 @@ CASES: list[Case] = [
         run=lambda sut: _with_fault(sut, {"fault": "drift", "features": ["mean_radius"], "scale": 1.6}, 150, 21),
         expect=[prom_above(f'max(ml_feature_drift_psi{{job="{SVC}", ml_feature="mean_radius"}})', 0.2,
                            "drift of mean_radius")],
-        then=lambda sut, facts: facts.update(_send(sut, 150, 22)),
+        # The drift window holds the last 500 rows: 520 clean requests replace every shifted one.
+        then=lambda sut, facts: facts.update(_send(sut, 520, 22)),
         expect_after=[prom_below(f'max(ml_feature_drift_psi{{job="{SVC}", ml_feature="mean_radius"}})', 0.1,
                                  "drift settled")],
     ),
@@ -161,9 +175,9 @@ CASES: list[Case] = [
         "regression fault: F1 from feedback falls, and recovers once the fault is off",
         needs=("prometheus",),
         run=lambda sut: _with_fault(sut, {"fault": "regression"}, 150, 31, feedback_share=1.0),
-        expect=[prom_below(f'min(ml_model_f1{{job="{SVC}"}})', 0.8, "F1 of the regressed model")],
+        expect=[f1_of_served_version(below=0.85, what="F1 of the regressed version falls below 0.85")],
         then=lambda sut, facts: facts.update(_send(sut, 150, 32, feedback_share=1.0)),
-        expect_after=[prom_above(f'max(ml_model_f1{{job="{SVC}"}})', 0.85, "F1 recovered")],
+        expect_after=[f1_of_served_version(above=0.85, what="F1 of the restored version is above 0.85")],
     ),
     Case(
         "training run: one trace, loss per epoch, a counted run",
