@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from typing import Any
 
 from harness import STAGES, Case, Expect, StackUnderTest
@@ -12,10 +13,12 @@ from generator.workload import Workload
 SVC = "mlobs-inference"
 
 
-def _send(sut: StackUnderTest, n: int, seed: int, feedback_share: float = 0.0) -> dict[str, Any]:
+def _send(sut: StackUnderTest, n: int, seed: int, feedback_share: float = 0.0, gap: float = 0.0) -> dict[str, Any]:
     work = Workload(seed=seed, batch_share=0.0)
     trace_ids, request_ids, codes, versions = [], [], [], []
-    for _ in range(n):
+    for i in range(n):
+        if gap and i:
+            time.sleep(gap)
         sample = work.single()
         r, tid, rid = sut.predict(sample.body)
         codes.append(r.status_code)
@@ -29,8 +32,8 @@ def _send(sut: StackUnderTest, n: int, seed: int, feedback_share: float = 0.0) -
             "version": versions[-1] if versions else None}
 
 
-def requests(n: int, seed: int = 1, feedback_share: float = 0.0):
-    return lambda sut: _send(sut, n, seed, feedback_share)
+def requests(n: int, seed: int = 1, feedback_share: float = 0.0, gap: float = 0.0):
+    return lambda sut: _send(sut, n, seed, feedback_share, gap)
 
 
 def value(rows: list[dict[str, Any]]) -> float | None:
@@ -124,7 +127,9 @@ CASES: list[Case] = [
     Case(
         "requests: exemplars of the service and of the span metrics name the same traces",
         needs=("prometheus",),
-        run=requests(40, seed=11),
+        # A histogram keeps one exemplar per bucket and export interval (5 s): requests spaced
+        # wider than that are each their own exemplar in both the service's and the collector's.
+        run=requests(4, seed=11, gap=6.0),
         expect=[
             exemplars_of_sent(f'ml_request_duration_seconds_bucket{{job="{SVC}"}}', "request latency"),
             exemplars_of_sent(f'ml_stage_duration_seconds_bucket{{job="{SVC}", ml_stage="inference"}}',
