@@ -133,6 +133,7 @@ class Alerts(Strict):
     drift_psi: float = Field(0.2, gt=0)
     feedback_silence: Duration = "10m"
     collector_refused_ratio: Ratio = 0.01
+    rate_window: Duration = Field("5m", description="Window of the rates and ratios the model alerts use")
     for_: Duration = Field("2m", alias="for")
     anomaly: Anomaly = Anomaly()
 
