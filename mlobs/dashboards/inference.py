@@ -249,7 +249,7 @@ def saturation() -> c.Section:
                 "cps",
                 [
                     c.promql(
-                        'sum by (severity_text) (rate(log_records_total{service_name="$service"}[$__rate_interval]))',
+                        'sum by (severity_text) (rate(log_records_total{job="$service"}[$__rate_interval]))',
                         "{{severity_text}}",
                     )
                 ],

@@ -42,7 +42,7 @@ class StackUnderTest:
         for name, path in (("otel-collector", "collector_health:/"), ("prometheus", "prometheus:/-/ready"),
                            ("alertmanager", "alertmanager:/-/ready"), ("loki", "loki:/ready"),
                            ("tempo", "tempo:/ready"), ("grafana", "grafana:/api/health"),
-                           (sut.service_name, "inference:/readyz")):
+                           ("analyzer", "analyzer:/healthz"), (sut.service_name, "inference:/readyz")):
             key, _, p = path.partition(":")
             try:
                 ok = httpx.get(sut.url(key) + p, timeout=3).is_success
@@ -191,3 +191,40 @@ def require(sut: StackUnderTest, needs: tuple[str, ...]) -> None:
             reason = sut.why_missing(need)
             print(f"SKIP reason: {reason}")
             pytest.skip(f"{need} is not running: {reason}")
+
+
+class Traffic:
+    """Steady background requests (with feedback) while a case switches faults."""
+
+    def __init__(self, sut: StackUnderTest, seed: int, feedback_share: float = 0.5, pause: float = 0.1) -> None:
+        import threading
+
+        from generator.workload import Workload
+
+        self.sut = sut
+        self.work = Workload(seed=seed, batch_share=0.0)
+        self.feedback_share = feedback_share
+        self.pause = pause
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sample = self.work.single()
+            try:
+                r, _, rid = self.sut.predict(sample.body)
+                if r.status_code == 200 and self.work.chance(self.feedback_share):
+                    self.sut.feedback(rid, sample.labels[0])
+                self.sent += 1
+            except httpx.HTTPError:
+                pass
+            self._stop.wait(self.pause)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
