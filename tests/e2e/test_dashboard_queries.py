@@ -18,7 +18,10 @@ pytestmark = pytest.mark.e2e
 QUERIES = promql_queries_for_e2e({"__rate_interval": "2m"})
 # The collector has an exporter per backend that runs: its per-signal exporter counters exist
 # only where that backend does.
-NEEDS = [(re.compile(r"otelcol_exporter_\w+_spans"), "tempo"), (re.compile(r"otelcol_exporter_\w+_log_records"), "loki")]
+NEEDS = [
+    (re.compile(r"otelcol_exporter_\w+_spans"), "tempo"),
+    (re.compile(r"otelcol_exporter_\w+_log_records"), "loki"),
+]
 
 
 @pytest.fixture(scope="module")
