@@ -99,6 +99,10 @@ def create_app(
         prometheus,
         grafana_url=settings.grafana_public_url or settings.grafana_url,
         tracer=telemetry.tracer,
+        recent_seconds=settings.recent_seconds,
+        baseline_seconds=settings.baseline_seconds,
+        step_seconds=settings.step_seconds,
+        rate_window=settings.rate_window,
         clock=clock,
     )
     store = IncidentStore(settings.max_incidents)

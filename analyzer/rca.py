@@ -90,7 +90,7 @@ def selector(**matchers: str | None) -> str:
     return "{" + ", ".join(terms) + "}" if terms else ""
 
 
-def promql(target: Target, focus: dict[str, str] | None = None) -> dict[str, str]:
+def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str = RATE_WINDOW) -> dict[str, str]:
     """Every query the analysis runs, by name. The first group is ranged, the last three instant.
 
     ``focus`` adds matchers (such as ``span_name="feature_lookup"``) to every selector: the
@@ -100,10 +100,10 @@ def promql(target: Target, focus: dict[str, str] | None = None) -> dict[str, str
     ml = selector(job=target.job, ml_model_name=target.model_name, **focus)
     spans = selector(service_name=target.job, **focus)
     errors = selector(service_name=target.job, status_code="STATUS_CODE_ERROR", **focus)
-    calls = f"sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{spans}[{RATE_WINDOW}]))"
+    calls = f"sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{spans}[{rate_window}]))"
 
     def quantile(q: str, metric: str, by: str, matchers: str) -> str:
-        return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}{matchers}[{RATE_WINDOW}])))"
+        return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}{matchers}[{rate_window}])))"
 
     info = f"max by (ml_model_version) (ml_model_info{ml})"
     return {
@@ -113,7 +113,7 @@ def promql(target: Target, focus: dict[str, str] | None = None) -> dict[str, str
         "span_p99": quantile("0.99", "traces_spanmetrics_duration_seconds_bucket", "span_name, span_kind", spans),
         # `or 0 * calls` gives 0 rather than no series while a span has not failed yet.
         "span_error_ratio": (
-            f"(sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{errors}[{RATE_WINDOW}]))"
+            f"(sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{errors}[{rate_window}]))"
             f" or 0 * {calls}) / ({calls} > 0)"
         ),
         "drift_psi": f"max by (ml_feature) (ml_feature_drift_psi{ml})",
@@ -121,7 +121,7 @@ def promql(target: Target, focus: dict[str, str] | None = None) -> dict[str, str
         # The worst version serving: a freshly deployed bad version shows at once.
         "accuracy": f"min(ml_model_accuracy{ml})",
         "f1": f"min(ml_model_f1{ml})",
-        "request_rate": f"sum(rate(ml_request_duration_seconds_count{ml}[{RATE_WINDOW}]))",
+        "request_rate": f"sum(rate(ml_request_duration_seconds_count{ml}[{rate_window}]))",
         "deployments": f"sum by (ml_model_version) (changes(ml_model_deployments_total{ml}[{DEPLOY_WINDOW}]))",
         # A version's counter starts at 1, which changes() does not see: new info series do.
         "new_versions": f"{info} unless max by (ml_model_version) (ml_model_info{ml} offset {DEPLOY_WINDOW})",
@@ -319,6 +319,7 @@ class RootCauseAnalyzer:
         recent_seconds: int = RECENT_SECONDS,
         baseline_seconds: int = BASELINE_SECONDS,
         step_seconds: int = STEP_SECONDS,
+        rate_window: str = RATE_WINDOW,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.prometheus = prometheus
@@ -327,6 +328,7 @@ class RootCauseAnalyzer:
         self.recent_seconds = recent_seconds
         self.baseline_seconds = baseline_seconds
         self.step_seconds = step_seconds
+        self.rate_window = rate_window
         self.clock = clock
 
     @property
@@ -341,7 +343,7 @@ class RootCauseAnalyzer:
     def _run(
         self, target: Target, at: float
     ) -> tuple[dict[str, list[RangeSeries]], dict[str, list[Sample]], list[str]]:
-        queries = promql(target)
+        queries = promql(target, rate_window=self.rate_window)
         end = math.floor(at / self.step_seconds) * self.step_seconds
         start = end - self.baseline_seconds - self.recent_seconds
         parent = otel_context.get_current()
@@ -372,7 +374,7 @@ class RootCauseAnalyzer:
     # ---- scoring
 
     def _candidates(self, target: Target, ranged: dict[str, list[RangeSeries]]) -> dict[tuple[str, str], _Candidate]:
-        queries = promql(target)
+        queries = promql(target, rate_window=self.rate_window)
         recent_points = max(1, self.recent_seconds // self.step_seconds)
         model = target.model_name or target.job or "model"
         candidates: dict[tuple[str, str], _Candidate] = {}
@@ -407,7 +409,7 @@ class RootCauseAnalyzer:
 
     @staticmethod
     def _deployment(target: Target, instant: dict[str, list[Sample]]) -> _Deployment:
-        queries = promql(target)
+        queries = promql(target)  # the deployment queries use no rate window
         changes = {s.labels.get("ml_model_version", "?"): s.value for s in instant.get("deployments", [])}
         new = sorted({s.labels.get("ml_model_version", "?") for s in instant.get("new_versions", [])}, key=_version)
         before = sorted(
@@ -458,7 +460,7 @@ class RootCauseAnalyzer:
             score=0.0,
             summary="no candidate cause moved beyond its baseline",
             evidence=text,
-            promql=[promql(target)["request_rate"]],
+            promql=[promql(target, rate_window=self.rate_window)["request_rate"]],
         )
 
     # ---- the analysis
@@ -483,7 +485,7 @@ class RootCauseAnalyzer:
         else:
             best = ranked[0].best
             focus = {best.signal.label: best.subject} if best.signal.label else None
-            link_promql = promql(target, focus)[best.signal.query]
+            link_promql = promql(target, focus, rate_window=self.rate_window)[best.signal.query]
         top = findings[0]
 
         end = math.floor(when / self.step_seconds) * self.step_seconds

@@ -20,6 +20,12 @@ class Settings:
     grafana_token: str | None = None
     max_incidents: int = 200
     query_timeout: float = 5.0
+    # The RCA compares the last `recent_seconds` with the `baseline_seconds` before them, at
+    # `step_seconds`, over rates of `rate_window` (stack.yaml: analyzer, alerts.rate_window).
+    recent_seconds: int = 300
+    baseline_seconds: int = 3600
+    step_seconds: int = 60
+    rate_window: str = "5m"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -48,4 +54,8 @@ class Settings:
             grafana_token=env.get("MLOBS_GRAFANA_TOKEN") or None,
             max_incidents=int(number("MLOBS_ANALYZER_MAX_INCIDENTS", cls.max_incidents, int)),
             query_timeout=number("MLOBS_ANALYZER_QUERY_TIMEOUT", cls.query_timeout, float),
+            recent_seconds=int(number("MLOBS_ANALYZER_RECENT_SECONDS", cls.recent_seconds, int)),
+            baseline_seconds=int(number("MLOBS_ANALYZER_BASELINE_SECONDS", cls.baseline_seconds, int)),
+            step_seconds=int(number("MLOBS_ANALYZER_STEP_SECONDS", cls.step_seconds, int)),
+            rate_window=env.get("MLOBS_ANALYZER_RATE_WINDOW") or cls.rate_window,
         )

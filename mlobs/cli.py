@@ -106,6 +106,7 @@ def up(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None, runtim
         render.write(render.render(render.compose_target(s)), ROOT)
         raise typer.Exit(docker.up())
     state = _native_state()
+    _build_native(s)
     try:
         with console.status("Starting the native stack...") as status:
             def progress(pending: str, left: float) -> None:
@@ -258,13 +259,10 @@ def load(ctx: typer.Context, stack: StackOpt = ROOT / "stack.yaml") -> None:
     raise typer.Exit(subprocess.call([sys.executable, "-m", "generator.loadgen", *args], env=_tool_env(s), cwd=ROOT))
 
 
-@app.command(name="native-deps")
-def native_deps(stack: StackOpt = ROOT / "stack.yaml",
-                only: Annotated[list[str] | None, typer.Option(help="build only these binaries")] = None) -> None:
-    """Build the collector, Prometheus, promtool, Alertmanager and amtool from the Go module proxy."""
+def _build_native(s: config.Stack, only: list[str] | None = None) -> None:
+    """Build (or take from the cache) the native binaries at the versions of stack.yaml."""
     from mlobs import nativedeps
 
-    s = _load(stack)
     versions = {"otelcol": s.version("otel-collector"), "prometheus": s.version("prometheus"),
                 "alertmanager": s.version("alertmanager")}
     try:
@@ -272,6 +270,13 @@ def native_deps(stack: StackOpt = ROOT / "stack.yaml",
     except Exception as e:  # the message names the step and its log
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
+
+
+@app.command(name="native-deps")
+def native_deps(stack: StackOpt = ROOT / "stack.yaml",
+                only: Annotated[list[str] | None, typer.Option(help="build only these binaries")] = None) -> None:
+    """Build the collector, Prometheus, promtool, Alertmanager and amtool from the Go module proxy."""
+    _build_native(_load(stack), only)
 
 
 @app.command()

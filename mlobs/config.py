@@ -162,6 +162,18 @@ class ExtraExporter(Strict):
     config: dict[str, Any] = {}
 
 
+class AnalyzerSettings(Strict):
+    recent_window: Duration = Field("5m", description="The window whose movement the RCA scores")
+    baseline_window: Duration = Field("1h", description="What the recent window is compared with")
+    step: Duration = Field("60s", description="Resolution of the RCA's range queries")
+
+
+def seconds(duration: str) -> int:
+    """A Prometheus duration (e.g. 1h30m) in whole seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    return int(sum(float(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", duration)))
+
+
 class GrafanaSettings(Strict):
     anonymous_viewer: bool = False
 
@@ -176,6 +188,7 @@ class Stack(Strict):
     services: list[Service] = Field(min_length=1)
     extra_exporters: list[ExtraExporter] = []
     grafana: GrafanaSettings = GrafanaSettings()
+    analyzer: AnalyzerSettings = AnalyzerSettings()
 
     @model_validator(mode="after")
     def _unique(self) -> Stack:

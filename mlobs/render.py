@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from mlobs.config import Stack
+from mlobs.config import Stack, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 TargetName = Literal["compose", "native"]
@@ -222,6 +222,18 @@ def context(target: Target) -> dict[str, Any]:
         "paths": target.paths,
         "pipelines": pipelines,
         "used": used_components(pipelines),
+        "analyzer_env": analyzer_env(target.stack),
+    }
+
+
+def analyzer_env(stack: Stack) -> dict[str, str]:
+    """The analyzer's windows, from stack.yaml (analyzer, alerts.rate_window)."""
+    a = stack.analyzer
+    return {
+        "MLOBS_ANALYZER_RECENT_SECONDS": str(seconds(a.recent_window)),
+        "MLOBS_ANALYZER_BASELINE_SECONDS": str(seconds(a.baseline_window)),
+        "MLOBS_ANALYZER_STEP_SECONDS": str(seconds(a.step)),
+        "MLOBS_ANALYZER_RATE_WINDOW": stack.alerts.rate_window,
     }
 
 

@@ -77,7 +77,8 @@ def answers(url: str, timeout: float = 2.0) -> bool:
 def explore_url(grafana: str, uid: str, query: dict[str, Any]) -> str:
     pane = {"datasource": uid, "queries": [{"refId": "A", "datasource": {"uid": uid}, **query}],
             "range": {"from": "now-1h", "to": "now"}}
-    return f"{grafana}/explore?schemaVersion=1&panes=" + urllib.parse.quote(json.dumps({"a": pane}))
+    panes = json.dumps({"a": pane}, separators=(",", ":"))
+    return f"{grafana}/explore?schemaVersion=1&panes=" + urllib.parse.quote(panes)
 
 
 def send_request(ep: Endpoints) -> Request:

@@ -168,6 +168,7 @@ def programs(stack: Stack, state: State, p: Plan, target: render.Target, secrets
             "MLOBS_ANALYZER_PORT": str(stack.ports.analyzer),
             "MLOBS_PROMETHEUS_URL": f"http://127.0.0.1:{stack.ports.prometheus}",
             "MLOBS_GRAFANA_URL": f"http://127.0.0.1:{stack.ports.grafana}",
+            **render.analyzer_env(stack),
             "GRAFANA_ADMIN_PASSWORD": secrets["GRAFANA_ADMIN_PASSWORD"],
             "OTEL_SERVICE_NAME": "mlobs-analyzer",
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stack.ports.otlp_http}",
