@@ -59,13 +59,15 @@ def wait_for(predicate, what: str, timeout: float) -> Any:
     raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
 
 
-def analyzer_incident(sut: StackUnderTest, alertname: str) -> dict[str, Any] | None:
+def analyzer_incident(sut: StackUnderTest, case: AlertCase) -> dict[str, Any] | None:
     r = httpx.get(f"{sut.url('analyzer')}/incidents", timeout=10)
     r.raise_for_status()
     body = r.json()
     items = body if isinstance(body, list) else body.get("incidents", [])
     for incident in items:
-        if incident.get("alertname") == alertname and incident.get("status") == "firing":
+        labels = incident.get("labels", {})
+        if (incident.get("alertname") == case.alert and incident.get("status") == "firing"
+                and all(labels.get(k) == v for k, v in case.labels.items())):
             return incident
     return None
 
@@ -95,7 +97,7 @@ def test_fault_fires_its_alert_and_no_other(sut: StackUnderTest, traffic: Traffi
             assert alert["labels"]["severity"] in ("critical", "warning")
             assert "ml_model_version" in alert["labels"]
             if sut.has("analyzer"):
-                incident = wait_for(lambda: analyzer_incident(sut, case.alert),
+                incident = wait_for(lambda: analyzer_incident(sut, case),
                                     f"the analyzer's incident for {case.alert}", 120)
                 top = incident["top_suspect"]
                 assert top["kind"] == case.suspect, top
