@@ -13,13 +13,23 @@ BIN = ROOT / ".bin"
 SHARED = ROOT.parent / "shared"
 
 
+# binary -> the stack.yaml component whose version it is built at
+COMPONENT_OF = {"otelcol-mlobs": "otel-collector", "prometheus": "prometheus", "promtool": "prometheus",
+                "alertmanager": "alertmanager", "amtool": "alertmanager"}
+
+
 def binary(name: str) -> Path | None:
-    """A native binary from .bin/ or PATH, or None."""
-    local = BIN / name
-    if local.exists() and os.access(local, os.X_OK):
-        return local
+    """A native binary from .bin/, PATH or the `make native-deps` cache (at the pinned version), or None."""
+    from mlobs import config, nativedeps
+
+    candidates = [BIN / name]
     found = shutil.which(name)
-    return Path(found) if found else None
+    if found:
+        candidates.append(Path(found))
+    if name in COMPONENT_OF and name != "otelcol-mlobs":
+        version = config.load(ROOT / "stack.yaml").version(COMPONENT_OF[name])
+        candidates.append(nativedeps.cache_entry_dir(nativedeps.default_cache_dir(), name, version) / name)
+    return next((p for p in candidates if p.is_file() and os.access(p, os.X_OK)), None)
 
 
 def need_binary(name: str) -> Path:

@@ -3,16 +3,15 @@ promises of the README (severity, a summary naming model and version, a runbook,
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from support import need_binary
 
-from mlobs import config, nativedeps, render
+from mlobs import config, render
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "prometheus" / "rules"
@@ -23,23 +22,9 @@ TEST_FILES = sorted(TESTS.glob("*_test.yml"))
 SEVERITIES = {"critical", "warning", "info"}
 
 
-def tool(name: str, component: str) -> Path | None:
-    """A binary from .bin/, PATH, or the `make native-deps` cache (built at the component's pin)."""
-    candidates = [ROOT / ".bin" / name]
-    found = shutil.which(name)
-    if found:
-        candidates.append(Path(found))
-    version = config.load(ROOT / "stack.yaml").version(component)
-    candidates.append(nativedeps.cache_entry_dir(nativedeps.default_cache_dir(), name, version) / name)
-    return next((p for p in candidates if p.is_file() and os.access(p, os.X_OK)), None)
-
-
 @pytest.fixture(scope="module")
 def promtool() -> Path:
-    path = tool("promtool", "prometheus")
-    if path is None:
-        pytest.skip("promtool is not in .bin/, PATH or the native-deps cache: run `make native-deps`")
-    return path
+    return need_binary("promtool")
 
 
 def run(cmd: list[str | Path]) -> subprocess.CompletedProcess[str]:
