@@ -231,7 +231,7 @@ def _describe(err: dict[str, Any], source: str) -> str:
         return f"{source}: {path}: {given!r} does not match {err['ctx']['pattern']}"
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
-    if isinstance(given, dict | list):
+    if isinstance(given, dict | list) or repr(given) in msg:
         return f"{source}: {path}: {msg}"
     return f"{source}: {path}: {msg} (got {given!r})"
 
