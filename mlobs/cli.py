@@ -133,9 +133,9 @@ def _print_table(s: config.Stack, p: native.Plan, health: dict[str, native.Healt
         table.add_row(name, "[yellow]missing[/yellow]", "", why)
     console.print(table)
     if "grafana" not in p.present:
-        console.print("Without Grafana, open Prometheus at "
-                      f"http://127.0.0.1:{s.ports.prometheus}/graph?g0.expr=ml_request_duration_seconds_count "
-                      "(API only: the Go module build has no web UI) and run `make verify`.")
+        console.print("Without Grafana: `make verify` follows one request across the signals, and "
+                      f"Prometheus' API answers at http://127.0.0.1:{s.ports.prometheus}/api/v1/query"
+                      "?query=ml_request_duration_seconds_count (the native build has no web UI).")
 
 
 @app.command()
