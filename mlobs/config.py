@@ -125,6 +125,12 @@ class Anomaly(Strict):
     for_: Duration = Field("5m", alias="for")
 
 
+class Routing(Strict):
+    group_wait: Duration = Field("30s", description="Wait before the first notification of a new group")
+    group_interval: Duration = Field("5m", description="Wait before notifying a group of new or resolved alerts")
+    repeat_interval: Duration = Field("4h", description="Resend a still-firing group after this long")
+
+
 class Alerts(Strict):
     error_ratio: Ratio = 0.05
     latency_p99_seconds: float = Field(0.5, gt=0)
@@ -136,6 +142,7 @@ class Alerts(Strict):
     rate_window: Duration = Field("5m", description="Window of the rates and ratios the model alerts use")
     for_: Duration = Field("2m", alias="for")
     anomaly: Anomaly = Anomaly()
+    routing: Routing = Routing()
 
 
 class Service(Strict):
