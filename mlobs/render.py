@@ -255,12 +255,12 @@ def render(target: Target) -> dict[str, str]:
         if target.name not in targets:
             continue
         text = env.get_template(tpl).render(ctx)
-        header = _header(tpl, dest)
+        header = header_line(tpl)
         out[dest] = header + text
     return out
 
 
-def _header(tpl: str, dest: str) -> str:
+def header_line(tpl: str) -> str:
     return f"# Rendered by `mlobs render` from {tpl} and stack.yaml. Do not edit: edit those.\n"
 
 

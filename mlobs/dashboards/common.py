@@ -186,6 +186,30 @@ def _common(
     return typing.cast(PanelBuilder, built)
 
 
+def _field_options(
+    panel: PanelBuilder,
+    *,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    decimals: int | None = None,
+    mappings: list[models.ValueMap] | None = None,
+    links: Sequence[dashboard.DashboardLink] = (),
+) -> PanelBuilder:
+    """The optional standard options every panel kind shares: set only those given."""
+    built = typing.cast(typing.Any, panel)
+    if min_value is not None:
+        built = built.min(min_value)
+    if max_value is not None:
+        built = built.max(max_value)
+    if decimals is not None:
+        built = built.decimals(decimals)
+    if mappings is not None:
+        built = built.mappings(list(mappings))
+    if links:
+        built = built.links(list(links))
+    return typing.cast(PanelBuilder, built)
+
+
 # --- panels ----------------------------------------------------------------------------------
 
 
@@ -219,15 +243,7 @@ def timeseries_panel(
         )
     if stack is not None:
         panel = panel.stacking(common_builders.StackingConfig().mode(stack)).fill_opacity(60)
-    if min_value is not None:
-        panel = panel.min(min_value)
-    if max_value is not None:
-        panel = panel.max(max_value)
-    if decimals is not None:
-        panel = panel.decimals(decimals)
-    if links:
-        panel = panel.links(list(links))
-    return panel
+    return _field_options(panel, min_value=min_value, max_value=max_value, decimals=decimals, links=links)
 
 
 def stat_panel(
@@ -251,13 +267,7 @@ def stat_panel(
         .text_mode(text_mode)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
     )
-    if decimals is not None:
-        panel = panel.decimals(decimals)
-    if mappings is not None:
-        panel = panel.mappings(list(mappings))
-    if links:
-        panel = panel.links(list(links))
-    return panel
+    return _field_options(panel, decimals=decimals, mappings=mappings, links=links)
 
 
 def bargauge_panel(
@@ -280,13 +290,7 @@ def bargauge_panel(
         .show_unfilled(True)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
     )
-    if min_value is not None:
-        panel = panel.min(min_value)
-    if max_value is not None:
-        panel = panel.max(max_value)
-    if decimals is not None:
-        panel = panel.decimals(decimals)
-    return panel
+    return _field_options(panel, min_value=min_value, max_value=max_value, decimals=decimals)
 
 
 def heatmap_panel(
@@ -333,8 +337,7 @@ def statetimeline_panel(
 ) -> statetimeline.Panel:
     panel = _common(statetimeline.Panel(), title, description, unit, targets, steps, width, height)
     panel = panel.show_value(common_models.VisibilityMode.AUTO).merge_values(True).fill_opacity(70)
-    if mappings is not None:
-        panel = panel.mappings(list(mappings))
+    panel = _field_options(panel, mappings=mappings)
     return panel.color_scheme(dashboard.FieldColor().mode(models.FieldColorModeId.THRESHOLDS))
 
 
@@ -355,9 +358,7 @@ def barchart_panel(
     panel = panel.x_field(x_field).show_value(common_models.VisibilityMode.AUTO).fill_opacity(80)
     for transformation in transformations:
         panel = panel.with_transformation(transformation)
-    if decimals is not None:
-        panel = panel.decimals(decimals)
-    return panel
+    return _field_options(panel, decimals=decimals)
 
 
 def table_panel(
@@ -376,9 +377,7 @@ def table_panel(
     panel = _common(table.Panel(), title, description, unit, targets, steps, width, height, datasource)
     for transformation in transformations:
         panel = panel.with_transformation(transformation)
-    if decimals is not None:
-        panel = panel.decimals(decimals)
-    return panel
+    return _field_options(panel, decimals=decimals)
 
 
 def trace_search_panel(title: str, description: str, query: str, *, width: int = 12, height: int = 9) -> table.Panel:

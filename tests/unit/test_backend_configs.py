@@ -48,7 +48,7 @@ def targets(stack: config.Stack, tmp: Path) -> dict[str, render.Target]:
 def render_text(target: render.Target, backend: str) -> str:
     tpl = TEMPLATES[backend]
     body = render.environment().get_template(tpl).render(render.context(target))
-    return render._header(tpl, OUTPUTS[backend]) + body
+    return render.header_line(tpl) + body
 
 
 def render_doc(target: render.Target, backend: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ ENV_REF = re.compile(r"\$(?:[A-Z][A-Z0-9_]*|\{[A-Z][A-Z0-9_]*\})")
 
 def render_file(target: render.Target, tpl_dest: tuple[str, str]) -> str:
     tpl, dest = tpl_dest
-    return render._header(tpl, dest) + render.environment().get_template(tpl).render(render.context(target))
+    return render.header_line(tpl) + render.environment().get_template(tpl).render(render.context(target))
 
 
 def links(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
