@@ -133,9 +133,21 @@ def _print_table(s: config.Stack, p: native.Plan, health: dict[str, native.Healt
         table.add_row(name, "[yellow]missing[/yellow]", "", why)
     console.print(table)
     if "grafana" not in p.present:
-        console.print("Without Grafana: `make verify` follows one request across the signals, and "
-                      f"Prometheus' API answers at http://127.0.0.1:{s.ports.prometheus}/api/v1/query"
-                      "?query=ml_request_duration_seconds_count (the native build has no web UI).")
+        console.print(without_grafana(s, set(p.present)))
+
+
+def without_grafana(s: config.Stack, present: set[str]) -> str:
+    """Where to look at each signal when Grafana does not run."""
+    t = render.native_target(s, present & set(render.BACKENDS))
+    lines = ["Without Grafana: `make verify` follows one request across the signals, and each store answers:",
+             f"  metrics: http://{t.connect('prometheus')}/api/v1/query?query=ml_request_duration_seconds_count"
+             " (Prometheus' API; the native build has no web UI)"]
+    if t.store("traces") == "jaeger":
+        lines.append(f"  traces:  http://{t.connect('jaeger')}/ (Jaeger UI; API /api/traces/<trace id>, /api/services)")
+    if t.store("logs") == "victorialogs":
+        lines.append(f"  logs:    http://{t.connect('victorialogs')}/select/vmui/ (VictoriaLogs UI; LogsQL at "
+                     "/select/logsql/query?query=trace_id:<trace id>)")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -222,18 +234,19 @@ def verify_cmd(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None
         raise typer.Exit(1)
 
 
-def _tool_env(s: config.Stack) -> dict[str, str]:
+def _tool_env(s: config.Stack, service_name: str | None = None) -> dict[str, str]:
     """Environment for the training job and the load generator: OTLP to this stack's collector."""
     import os
 
+    from mlobs import components
+
+    place = components.Place(render.native_target(s, render.BACKENDS))
     env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
-    env.update({
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{s.ports.otlp_http}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
-        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
-        "MLOBS_ADMIN_TOKEN": envfile.read(ROOT / ".env").get("MLOBS_ADMIN_TOKEN", ""),
-    })
+    otlp = components.otlp_env(place, service_name or "")
+    if not service_name:
+        otlp.pop("OTEL_SERVICE_NAME")  # each tool names itself
+    env.update(otlp)
+    env["MLOBS_ADMIN_TOKEN"] = envfile.read(ROOT / ".env").get("MLOBS_ADMIN_TOKEN", "")
     return env
 
 
@@ -284,7 +297,7 @@ def pins(stack: StackOpt = ROOT / "stack.yaml") -> None:
     """Print every pinned component version."""
     s = _load(stack)
     for name in config.COMPONENTS:
-        c = s.components.get(name)
+        c = s.components.get(name)  # every pin of the component registry
         console.print(f"{name:15} {c.version:10} {c.image}")
 
 

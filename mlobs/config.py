@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from mlobs import components as registry
 
 Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h|d|w|y))+$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -15,7 +17,7 @@ Ratio = Annotated[float, Field(ge=0, le=1)]
 Signal = Literal["traces", "metrics", "logs"]
 SEMVER = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 
-COMPONENTS = ("otel-collector", "prometheus", "alertmanager", "loki", "tempo", "grafana", "probe")
+COMPONENTS = registry.pins()
 
 
 class Strict(BaseModel):
@@ -43,37 +45,29 @@ class Component(Strict):
         return self
 
 
-class Components(Strict):
-    otel_collector: Component = Field(alias="otel-collector")
-    prometheus: Component
-    alertmanager: Component
-    loki: Component
-    tempo: Component
-    grafana: Component
-    probe: Component = Field(description="busybox image that probes the distroless containers")
+def _components_model() -> type[BaseModel]:
+    """stack.yaml ``components``: one image + version per pin of the registry (mlobs/components.py)."""
+    fields: dict[str, Any] = {
+        pin.replace("-", "_"): (Component, Field(alias=pin)) for pin in registry.pins()
+    }
+    model = create_model("Components", __base__=Strict, **fields)
 
-    def get(self, name: str) -> Component:
+    def get(self: BaseModel, name: str) -> Component:
         return getattr(self, name.replace("-", "_"))
 
+    model.get = get  # type: ignore[attr-defined]
+    return model
 
-class Ports(Strict):
-    otlp_grpc: Port = 4317
-    otlp_http: Port = 4318
-    collector_health: Port = 13133
-    collector_metrics: Port = 8888
-    prometheus: Port = 9090
-    alertmanager: Port = 9093
-    loki: Port = 3100
-    loki_grpc: Port = 9096
-    tempo: Port = 3200
-    tempo_otlp_grpc: Port = 4417
-    tempo_grpc: Port = 9097
-    grafana: Port = 3000
-    inference: Port = 8000
-    analyzer: Port = 8010
 
-    @model_validator(mode="after")
-    def _distinct(self) -> Ports:
+Components = _components_model()
+
+
+def _ports_model() -> type[BaseModel]:
+    """stack.yaml ``ports``: one host port per endpoint of the registry, with its default."""
+    fields: dict[str, Any] = {p.key: (Port, p.default) for p in registry.all_ports()}
+    model = create_model("Ports", __base__=Strict, **fields)
+
+    def _distinct(self: BaseModel) -> BaseModel:
         seen: dict[int, str] = {}
         for name, port in self.model_dump().items():
             if port in seen:
@@ -81,13 +75,29 @@ class Ports(Strict):
             seen[port] = name
         return self
 
+    return create_model("Ports", __base__=model,
+                        __validators__={"_distinct": model_validator(mode="after")(_distinct)})
+
+
+Ports = _ports_model()
+
+
+class Backends(Strict):
+    """Which store holds each signal. The native runtime runs the other one of a signal when the
+    chosen one's binary is absent (Tempo and Loki cannot be built here)."""
+
+    traces: Literal["tempo", "jaeger"] = "tempo"
+    logs: Literal["loki", "victorialogs"] = "loki"
+
 
 class Retention(Strict):
     prometheus: Duration = "15d"
     loki: Duration = "168h"
     tempo: Duration = "48h"
+    jaeger: Duration = "48h"
+    victorialogs: Duration = "7d"
 
-    @field_validator("loki", "tempo")
+    @field_validator("loki", "tempo", "jaeger")
     @classmethod
     def _hours(cls, v: str) -> str:
         # Loki's and Tempo's retention are Go durations: no d, w or y units.
@@ -186,8 +196,9 @@ class GrafanaSettings(Strict):
 
 
 class Stack(Strict):
-    components: Components
-    ports: Ports = Ports()
+    components: Components  # type: ignore[valid-type]
+    backends: Backends = Backends()
+    ports: Ports = Ports()  # type: ignore[valid-type]
     retention: Retention = Retention()
     sampling: Sampling = Sampling()
     redaction: Redaction = Redaction()

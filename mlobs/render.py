@@ -9,36 +9,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from mlobs import components as registry
 from mlobs.config import Stack, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 TargetName = Literal["compose", "native"]
-BACKENDS = ("prometheus", "alertmanager", "loki", "tempo", "grafana")
-
-# endpoint key -> (compose service, container port, field of stack.ports)
-ENDPOINTS: dict[str, tuple[str, int, str]] = {
-    "otlp_grpc": ("otel-collector", 4317, "otlp_grpc"),
-    "otlp_http": ("otel-collector", 4318, "otlp_http"),
-    "collector_health": ("otel-collector", 13133, "collector_health"),
-    "collector_metrics": ("otel-collector", 8888, "collector_metrics"),
-    "prometheus": ("prometheus", 9090, "prometheus"),
-    "alertmanager": ("alertmanager", 9093, "alertmanager"),
-    "loki": ("loki", 3100, "loki"),
-    "loki_grpc": ("loki", 9095, "loki_grpc"),
-    "tempo": ("tempo", 3200, "tempo"),
-    "tempo_otlp_grpc": ("tempo", 4317, "tempo_otlp_grpc"),
-    "tempo_grpc": ("tempo", 9095, "tempo_grpc"),
-    "grafana": ("grafana", 3000, "grafana"),
-    "inference": ("mlobs-inference", 8000, "inference"),
-    "analyzer": ("analyzer", 8010, "analyzer"),
-}
+#: Components the configs dial and export to: those with a binary of their own (mlobs/components.py).
+BACKENDS = tuple(c.name for c in registry.REGISTRY if c.binaries and c.name != "otel-collector")
 
 # template (relative to the repo) -> output (relative to the output root), per target
 TEMPLATES: list[tuple[str, str, tuple[TargetName, ...]]] = [
@@ -47,6 +31,7 @@ TEMPLATES: list[tuple[str, str, tuple[TargetName, ...]]] = [
     ("alertmanager/alertmanager.yml.j2", "alertmanager/alertmanager.yml", ("compose", "native")),
     ("loki/config.yaml.j2", "loki/config.yaml", ("compose", "native")),
     ("tempo/config.yaml.j2", "tempo/config.yaml", ("compose", "native")),
+    ("jaeger/config.yaml.j2", "jaeger/config.yaml", ("compose", "native")),
     (
         "grafana/provisioning/datasources/datasources.yaml.j2",
         "grafana/provisioning/datasources/datasources.yaml",
@@ -57,16 +42,16 @@ TEMPLATES: list[tuple[str, str, tuple[TargetName, ...]]] = [
         "grafana/provisioning/dashboards/dashboards.yaml",
         ("compose", "native"),
     ),
-    ("compose/docker-compose.yml.j2", "compose/docker-compose.yml", ("compose",)),
 ]
-RULE_TEMPLATES = "prometheus/rules"
+RULE_TEMPLATES = "prometheus/rules"  # every *.yml.j2 there renders to a *.yml beside it
+COMPOSE_FILE = "compose/docker-compose.yml"  # built from the registry, not from a template
 
 # Collector components the native build cannot include, with the reason. The contrib image
 # that docker compose runs has them.
 NATIVE_MISSING = {
     "servicegraph": "the Go module proxy refuses servicegraphconnector v0.162.0 to v0.166.0 (403: "
     "'This module version is not available'), so the native collector makes no service graph",
-}  # every *.yml.j2 there renders to a *.yml beside it
+}
 
 
 @dataclass(frozen=True)
@@ -81,12 +66,17 @@ class Target:
     paths: dict[str, str] = field(default_factory=dict)
     missing_components: frozenset[str] = frozenset()
 
+    def _port(self, key: str) -> tuple[str, int, int]:
+        c = registry.owner_of(key)
+        p = c.port(key)
+        return registry.program_name(c, self.stack), p.container, getattr(self.stack.ports, key)
+
     def listen(self, key: str) -> str:
         """Address a component binds: every interface inside a container, loopback natively."""
-        _, container_port, port_field = ENDPOINTS[key]
+        _, container_port, host_port = self._port(key)
         if self.name == "compose":
             return f"0.0.0.0:{container_port}"
-        return f"127.0.0.1:{getattr(self.stack.ports, port_field)}"
+        return f"127.0.0.1:{host_port}"
 
     def host(self, key: str) -> str:
         """Interface a component binds, without the port."""
@@ -94,31 +84,41 @@ class Target:
 
     def connect(self, key: str) -> str:
         """Address another component dials."""
-        service, container_port, port_field = ENDPOINTS[key]
+        service, container_port, host_port = self._port(key)
         if self.name == "compose":
             return f"{service}:{container_port}"
-        return f"127.0.0.1:{getattr(self.stack.ports, port_field)}"
+        return f"127.0.0.1:{host_port}"
 
     def port(self, key: str) -> int:
-        _, container_port, port_field = ENDPOINTS[key]
-        return container_port if self.name == "compose" else getattr(self.stack.ports, port_field)
+        _, container_port, host_port = self._port(key)
+        return container_port if self.name == "compose" else host_port
 
     def host_port(self, key: str) -> int:
-        return getattr(self.stack.ports, ENDPOINTS[key][2])
+        return getattr(self.stack.ports, key)
 
     def has(self, backend: str) -> bool:
         return backend in self.present
 
+    def store(self, signal: str) -> str | None:
+        """The store of a signal that this target exports to (None when none runs)."""
+        return next((n for n in registry.STORES[signal] if n in self.present), None)
+
+
+def _paths(target: Target) -> dict[str, str]:
+    place = registry.Place(target)
+    paths = {f"{c.name.replace('-', '_')}_data": place.data(c.name) for c in registry.REGISTRY if c.data}
+    paths["collector_storage"] = paths["otel_collector_data"]
+    paths["prometheus_rules"] = place.config("prometheus/rules")
+    # The dashboards are committed JSON: natively Grafana reads them where they are.
+    paths["grafana_dashboards"] = (str(ROOT / "grafana" / "dashboards") if target.name == "native"
+                                   else place.config("grafana/dashboards"))
+    return paths
+
 
 def compose_target(stack: Stack) -> Target:
-    paths = {
-        "prometheus_rules": "/etc/prometheus/rules",
-        "collector_storage": "/var/lib/otelcol/file_storage",
-        "loki_data": "/loki",
-        "tempo_data": "/var/tempo",
-        "grafana_dashboards": "/var/lib/grafana/dashboards",
-    }
-    return Target("compose", stack, frozenset(BACKENDS), ROOT, ROOT / ".stack" / "data", paths)
+    present = frozenset(c.name for c in registry.selected(stack) if c.name in BACKENDS)
+    t = Target("compose", stack, present, ROOT, ROOT / ".stack" / "data")
+    return replace(t, paths=_paths(t))
 
 
 def native_target(
@@ -126,17 +126,12 @@ def native_target(
 ) -> Target:
     out = (out_dir or ROOT / ".stack" / "native").resolve()
     data = (data_dir or ROOT / ".stack" / "data").resolve()
-    paths = {
-        "prometheus_rules": str(out / "prometheus" / "rules"),
-        "collector_storage": str(data / "otel-collector"),
-        "loki_data": str(data / "loki"),
-        "tempo_data": str(data / "tempo"),
-        "grafana_dashboards": str(ROOT / "grafana" / "dashboards"),
-    }
     unknown = set(present) - set(BACKENDS)
     if unknown:
         raise ValueError(f"unknown backends {sorted(unknown)}; known: {BACKENDS}")
-    return Target("native", stack, frozenset(present), out, data, paths, frozenset(NATIVE_MISSING))
+    chosen = frozenset(c.name for c in registry.selected(stack, present) if c.name in BACKENDS)
+    t = Target("native", stack, chosen, out, data, {}, frozenset(NATIVE_MISSING))
+    return replace(t, paths=_paths(t))
 
 
 # ---- decisions the collector template reads ----------------------------------------------
@@ -149,7 +144,8 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
     extras = {s: [e.name for e in stack.extra_exporters if s in e.signals] for s in ("traces", "metrics", "logs")}
     pipelines: dict[str, dict[str, list[str]]] = {}
     graph = [c for c in ("span_metrics", "servicegraph") if c not in target.missing_components]
-    sampled = (["otlp_grpc/tempo"] if target.has("tempo") else []) + extras["traces"]
+    trace_store, log_store = target.store("traces"), target.store("logs")
+    sampled = ([f"otlp_grpc/{trace_store}"] if trace_store else []) + extras["traces"]
     pipelines["traces"] = {
         "receivers": ["otlp"],
         "processors": ["memory_limiter", "resource", "redaction"],
@@ -172,7 +168,7 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
     pipelines["logs"] = {
         "receivers": ["otlp"],
         "processors": ["memory_limiter", "resource", "redaction", "batch"],
-        "exporters": (["otlp_http/loki"] if target.has("loki") else []) + extras["logs"] + ["forward/logcount"],
+        "exporters": ([f"otlp_http/{log_store}"] if log_store else []) + extras["logs"] + ["forward/logcount"],
     }
     pipelines["logs/count"] = {
         "receivers": ["forward/logcount"],
@@ -223,6 +219,10 @@ def context(target: Target) -> dict[str, Any]:
         "pipelines": pipelines,
         "used": used_components(pipelines),
         "analyzer_env": analyzer_env(target.stack),
+        "scrape_jobs": registry.scrape_jobs(target),
+        # the datasource uids the links between the signals point at: the stores that run
+        "traces_uid": target.store("traces") or target.stack.backends.traces,
+        "logs_uid": target.store("logs") or target.stack.backends.logs,
     }
 
 
@@ -255,17 +255,35 @@ def render(target: Target) -> dict[str, str]:
         if target.name not in targets:
             continue
         text = env.get_template(tpl).render(ctx)
-        header = header_line(tpl)
-        out[dest] = header + text
+        out[dest] = header_line(tpl) + text
+    if target.name == "compose":
+        out[COMPOSE_FILE] = compose_file(target)
     return out
 
 
-def header_line(tpl: str) -> str:
-    return f"# Rendered by `mlobs render` from {tpl} and stack.yaml. Do not edit: edit those.\n"
+HEADER = "# Rendered by `mlobs render` from "
 
 
-def write(files: dict[str, str], out_dir: Path) -> list[Path]:
-    """Write rendered files; return those whose content changed."""
+def header_line(source: str) -> str:
+    return f"{HEADER}{source} and stack.yaml. Do not edit: edit those.\n"
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def compose_file(target: Target) -> str:
+    body = yaml.dump(registry.compose_services(target), Dumper=_NoAliases, sort_keys=False,
+                     default_flow_style=False, width=1000)
+    return (header_line("the component registry (mlobs/components.py)")
+            + "# Every published port is bound to 127.0.0.1; secrets come from the gitignored .env that\n"
+            + "# the first `make up` generates.\n" + body)
+
+
+def write(files: dict[str, str], out_dir: Path, prune: bool = True) -> list[Path]:
+    """Write rendered files; return those whose content changed. With ``prune``, a rendered file
+    (one that carries the header) that nothing renders any more is deleted: the output is whole."""
     changed = []
     for rel, text in files.items():
         path = out_dir / rel
@@ -274,9 +292,41 @@ def write(files: dict[str, str], out_dir: Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         changed.append(path)
+    if prune:
+        for rel in strays(files, out_dir):
+            (out_dir / rel).unlink()
+            changed.append(out_dir / rel)
     return changed
 
 
+_SKIP_DIRS = {".git", ".venv", ".stack", ".bin", "node_modules", "__pycache__", ".ruff_cache", ".pytest_cache"}
+
+
+def rendered_on_disk(out_dir: Path) -> list[str]:
+    """Every file under ``out_dir`` that a render wrote (it starts with the header)."""
+    found = []
+    for path in sorted(out_dir.rglob("*")):
+        rel = path.relative_to(out_dir)
+        if any(part in _SKIP_DIRS for part in rel.parts) or not path.is_file() or path.suffix == ".j2":
+            continue
+        try:
+            with path.open("rb") as f:
+                head = f.read(len(HEADER))
+        except OSError:
+            continue
+        if head == HEADER.encode():
+            found.append(str(rel))
+    return found
+
+
+def strays(files: dict[str, str], out_dir: Path) -> list[str]:
+    """Rendered files on disk that nothing renders any more (a deleted template's output)."""
+    return [rel for rel in rendered_on_disk(out_dir) if rel not in files]
+
+
 def drift(files: dict[str, str], out_dir: Path) -> list[str]:
-    """Rendered files that differ from what is on disk (missing counts as different)."""
-    return [rel for rel, text in files.items() if not (out_dir / rel).exists() or (out_dir / rel).read_text() != text]
+    """Rendered files that differ from what is on disk (missing counts as different), and
+    rendered files that nothing renders any more."""
+    stale = [rel for rel, text in files.items()
+             if not (out_dir / rel).exists() or (out_dir / rel).read_text() != text]
+    return stale + [f"{rel} (nothing renders it any more)" for rel in strays(files, out_dir)]

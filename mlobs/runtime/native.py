@@ -1,7 +1,8 @@
 """The native runtime: the same configs, rendered for 127.0.0.1, run under supervisord.
 
-Binaries come from `.bin/` (filled by `make native-deps`) or PATH. Loki, Tempo and Grafana run
-only where the user installed their official release binaries.
+Every program comes from the component registry (mlobs/components.py). Binaries come from `.bin/`
+(filled by `make native-deps`) or PATH. Loki, Tempo and Grafana run only where the user installed
+their official release binaries; Jaeger and VictoriaLogs, built here, stand in for Tempo and Loki.
 """
 
 from __future__ import annotations
@@ -17,36 +18,11 @@ from pathlib import Path
 
 import httpx
 
+from mlobs import components as registry
 from mlobs import envfile, render
 from mlobs.config import Stack
 
 ROOT = render.ROOT
-
-
-@dataclass(frozen=True)
-class Component:
-    name: str
-    binaries: tuple[str, ...]  # names looked up in .bin/ then PATH, first found wins
-    health: str  # endpoint key of render.ENDPOINTS + path
-    health_path: str
-    how_to_get: str
-    required: bool = False
-
-
-COMPONENTS: tuple[Component, ...] = (
-    Component("otel-collector", ("otelcol-mlobs", "otelcol-contrib"), "collector_health", "/",
-              "run `make native-deps` (builds it from the Go module proxy)", required=True),
-    Component("prometheus", ("prometheus",), "prometheus", "/-/ready",
-              "run `make native-deps` (builds it from the Go module proxy)", required=True),
-    Component("alertmanager", ("alertmanager",), "alertmanager", "/-/ready",
-              "run `make native-deps` (builds it from the Go module proxy)"),
-    Component("loki", ("loki",), "loki", "/ready",
-              "install the official Loki release binary into .bin/loki or PATH (see README)"),
-    Component("tempo", ("tempo",), "tempo", "/ready",
-              "install the official Tempo release binary into .bin/tempo or PATH (see README)"),
-    Component("grafana", ("grafana",), "grafana", "/api/health",
-              "unpack the official Grafana release and link its bin/grafana into .bin/ (see README)"),
-)
 
 
 @dataclass
@@ -96,8 +72,11 @@ def find_binary(names: tuple[str, ...], bin_dir: Path) -> Path | None:
 
 
 def plan(state: State) -> Plan:
+    """Which components of the registry have their binary here."""
     p = Plan()
-    for c in COMPONENTS:
+    for c in registry.REGISTRY:
+        if not c.binaries:
+            continue
         path = find_binary(c.binaries, state.bin_dir)
         if path:
             p.present[c.name] = path
@@ -113,97 +92,21 @@ def render_native(stack: Stack, state: State, present: set[str]) -> render.Targe
     return target
 
 
+def running_components(stack: Stack, p: Plan) -> tuple[registry.Component, ...]:
+    """The registry's components this native stack runs: those whose binary is here (the store of
+    a signal falls back to the other one), plus the Python services."""
+    return tuple(c for c in registry.selected(stack, p.present) if c.python_module or c.name in p.present)
+
+
 def programs(stack: Stack, state: State, p: Plan, target: render.Target, secrets: dict[str, str]) -> dict[str, dict]:
-    """supervisord programs: name -> {command, environment, directory}."""
-    cfg, data = state.config_dir, state.data_dir
+    """supervisord programs: name -> {command, environment, directory}, from the registry."""
+    place = registry.Place(target, secrets, state.log_dir)
     progs: dict[str, dict] = {}
-    if "otel-collector" in p.present:
-        progs["otel-collector"] = {"command": [str(p.present["otel-collector"]),
-                                               f"--config={cfg / 'otel-collector/config.yaml'}"]}
-    if "prometheus" in p.present:
-        progs["prometheus"] = {"command": [
-            str(p.present["prometheus"]), f"--config.file={cfg / 'prometheus/prometheus.yml'}",
-            f"--storage.tsdb.path={data / 'prometheus'}",
-            f"--storage.tsdb.retention.time={stack.retention.prometheus}",
-            f"--web.listen-address={target.listen('prometheus')}",
-            "--web.enable-otlp-receiver", "--enable-feature=exemplar-storage,otlp-deltatocumulative",
-            "--web.enable-lifecycle"]}
-    if "alertmanager" in p.present:
-        progs["alertmanager"] = {"command": [
-            str(p.present["alertmanager"]), f"--config.file={cfg / 'alertmanager/alertmanager.yml'}",
-            f"--storage.path={data / 'alertmanager'}", f"--web.listen-address={target.listen('alertmanager')}",
-            # One instance: no gossip port to bind or clash.
-            "--cluster.listen-address="]}
-    if "loki" in p.present:
-        progs["loki"] = {"command": [str(p.present["loki"]), f"-config.file={cfg / 'loki/config.yaml'}"]}
-    if "tempo" in p.present:
-        progs["tempo"] = {"command": [str(p.present["tempo"]), f"-config.file={cfg / 'tempo/config.yaml'}",
-                                      "-target=all"]}
-    if "grafana" in p.present:
-        home = p.present["grafana"].resolve().parent.parent
-        progs["grafana"] = {
-            "command": [str(p.present["grafana"]), "server", f"--homepath={home}"],
-            "environment": {
-                "GF_PATHS_PROVISIONING": str(cfg / "grafana/provisioning"),
-                "GF_PATHS_DATA": str(data / "grafana"),
-                "GF_PATHS_LOGS": str(state.log_dir),
-                "GF_SERVER_HTTP_ADDR": "127.0.0.1",
-                "GF_SERVER_HTTP_PORT": str(stack.ports.grafana),
-                "GF_SECURITY_ADMIN_USER": "admin",
-                "GF_SECURITY_ADMIN_PASSWORD": secrets["GRAFANA_ADMIN_PASSWORD"],
-                "GF_AUTH_ANONYMOUS_ENABLED": "true" if stack.grafana.anonymous_viewer else "false",
-                "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
-                "GF_USERS_ALLOW_SIGN_UP": "false",
-                "GF_PLUGINS_PREINSTALL_DISABLED": "true",
-                "GF_ANALYTICS_REPORTING_ENABLED": "false",
-                "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
-            },
-        }
-    # The analyzer: Alertmanager's webhook receiver (root-cause analysis, Grafana annotations).
-    progs["analyzer"] = {
-        "command": [sys.executable, "-m", "analyzer.app"],
-        "directory": str(ROOT),
-        "environment": {
-            "MLOBS_ANALYZER_HOST": "127.0.0.1",
-            "MLOBS_ANALYZER_PORT": str(stack.ports.analyzer),
-            "MLOBS_PROMETHEUS_URL": f"http://127.0.0.1:{stack.ports.prometheus}",
-            "MLOBS_GRAFANA_URL": f"http://127.0.0.1:{stack.ports.grafana}",
-            **render.analyzer_env(stack),
-            "GRAFANA_ADMIN_PASSWORD": secrets["GRAFANA_ADMIN_PASSWORD"],
-            "OTEL_SERVICE_NAME": "mlobs-analyzer",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stack.ports.otlp_http}",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
-            "PYTHONUNBUFFERED": "1",
-        },
-    }
-    sample = stack.sample_service
-    if sample:
-        progs[sample.name] = {
-            "command": [sys.executable, "-m", "generator.service"],
-            "directory": str(ROOT),
-            "environment": sample_service_env(stack, state, secrets),
-        }
+    for c in running_components(stack, p):
+        prog = registry.native_program(c, place, p.present.get(c.name))
+        progs[registry.program_name(c, stack)] = {"command": prog.command, "environment": prog.environment,
+                                                  "directory": prog.directory}
     return progs
-
-
-def sample_service_env(stack: Stack, state: State, secrets: dict[str, str]) -> dict[str, str]:
-    sample = stack.sample_service
-    assert sample is not None
-    return {
-        "MLOBS_HOST": "127.0.0.1",
-        "MLOBS_PORT": str(stack.ports.inference),
-        "MLOBS_MODEL_DIR": str(state.data_dir / "models"),
-        "MLOBS_ADMIN_TOKEN": secrets["MLOBS_ADMIN_TOKEN"],
-        "OTEL_SERVICE_NAME": sample.name,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stack.ports.otlp_http}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
-        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
-        "PYTHONUNBUFFERED": "1",
-        **sample.env,
-    }
 
 
 def _quote(arg: str) -> str:
@@ -236,7 +139,7 @@ def supervisor_conf(state: State, progs: dict[str, dict]) -> str:
             "",
             f"[program:{name}]",
             "command=" + " ".join(_quote(a) for a in prog["command"]),
-            f"directory={prog.get('directory', state.data_dir)}",
+            f"directory={prog.get('directory') or state.data_dir}",
             # A component that dies is restarted a few times, then left FATAL for status to report.
             "autorestart=unexpected",
             "startsecs=2",
@@ -280,17 +183,16 @@ class Health:
 
 
 def health_urls(stack: Stack, names: list[str]) -> dict[str, str]:
+    """Health endpoint of each named program: the registry's components and stack.yaml's services."""
     target = render.native_target(stack, render.BACKENDS)
     urls = {}
-    for c in COMPONENTS:
-        if c.name in names:
-            urls[c.name] = f"http://{target.connect(c.health)}{c.health_path}"
-    if "analyzer" in names:
-        urls["analyzer"] = f"http://127.0.0.1:{stack.ports.analyzer}/healthz"
+    for c in registry.REGISTRY:
+        name = registry.program_name(c, stack)
+        if name in names:
+            urls[name] = registry.health_url(target, c, stack)
     for s in stack.services:
-        if s.name in names:
-            urls[s.name] = (f"http://127.0.0.1:{stack.ports.inference}{s.health_path or '/healthz'}"
-                            if s.sample else (s.health_url or ""))
+        if s.name in names and not s.sample:
+            urls[s.name] = s.health_url or ""
     return urls
 
 
@@ -355,7 +257,7 @@ def start(stack: Stack, state: State, timeout: float = 120,
           progress: Callable[[str, float], None] | None = None) -> tuple[Plan, dict[str, Health]]:
     """Render, (re)start supervisord with every present component, wait for health."""
     p = plan(state)
-    absent_required = [c.name for c in COMPONENTS if c.required and c.name not in p.present]
+    absent_required = [c.name for c in registry.REGISTRY if c.required and c.name not in p.present]
     if absent_required:
         raise RuntimeError(
             "cannot start the native stack without " + ", ".join(absent_required) + ": "

@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from mlobs import envfile, render
+from mlobs import components, envfile, render
 from mlobs.config import Stack
-
-STAGES = ("validation", "feature_extraction", "inference", "postprocessing")
+from mlobs.contract import STAGES  # noqa: F401 (the cases import it from here)
 
 
 class StackUnderTest:
@@ -39,16 +38,16 @@ class StackUnderTest:
     @classmethod
     def existing(cls, stack: Stack, env_file: Any) -> StackUnderTest:
         sut = cls(stack, envfile.read(env_file), set(), {})
-        for name, path in (("otel-collector", "collector_health:/"), ("prometheus", "prometheus:/-/ready"),
-                           ("alertmanager", "alertmanager:/-/ready"), ("loki", "loki:/ready"),
-                           ("tempo", "tempo:/ready"), ("grafana", "grafana:/api/health"),
-                           ("analyzer", "analyzer:/healthz"), (sut.service_name, "inference:/readyz")):
-            key, _, p = path.partition(":")
+        for c in components.REGISTRY:
+            if c.name == "inference" and not stack.sample_service:
+                continue
+            name = components.program_name(c, stack)
+            url = components.health_url(sut._target, c, stack)
             try:
-                ok = httpx.get(sut.url(key) + p, timeout=3).is_success
+                ok = httpx.get(url, timeout=3).is_success
             except httpx.HTTPError:
                 ok = False
-            (sut.healthy.add(name) if ok else sut.missing.__setitem__(name, f"no answer at {sut.url(key)}{p}"))
+            (sut.healthy.add(name) if ok else sut.missing.__setitem__(name, f"no answer at {url}"))
         return sut
 
     def url(self, key: str) -> str:
@@ -89,9 +88,8 @@ class StackUnderTest:
             self.admin("DELETE")
 
     def otel_env(self, service_name: str) -> dict[str, str]:
-        return {**os.environ, "OTEL_SERVICE_NAME": service_name,
-                "OTEL_EXPORTER_OTLP_ENDPOINT": self.url("otlp_http"),
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_METRIC_EXPORT_INTERVAL": "2000"}
+        place = components.Place(self._target)
+        return {**os.environ, **components.otlp_env(place, service_name, export_interval_ms=2000)}
 
     def train(self, model_dir: str, *args: str) -> subprocess.CompletedProcess:
         env = {**self.otel_env("mlobs-training"), "MLOBS_MODEL_DIR": model_dir}
