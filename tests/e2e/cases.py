@@ -8,6 +8,8 @@ from typing import Any
 
 from harness import STAGES, Case, Expect, StackUnderTest
 
+from mlobs.contract import FEATURE_LOOKUP_SPAN
+
 from generator.workload import Workload
 
 SVC = "mlobs-inference"
@@ -89,13 +91,51 @@ def same_trace_ids(a: str, b: str) -> Expect:
 
 
 def trace_has_stages() -> Expect:
+    """Every sent trace is stored, with a span per stage and the CLIENT span to the feature store
+    (the default sampling keeps every trace, and the links must resolve at any share)."""
     def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
-        for tid in sorted(facts["trace_ids"])[:5]:
-            t = sut.trace(tid)
-            if t and all(f'"{s}"' in str(t).replace("'", '"') for s in STAGES):
-                return True, tid
-        return False, "no sent trace with every stage yet"
-    return Expect("tempo", "a sent trace holds a span per stage", probe)
+        seen = {}
+        for tid in sorted(facts["trace_ids"]):
+            spans = sut.trace(tid)
+            if not spans:
+                return False, f"trace {tid} not (yet) in {sut.traces.name}"
+            names = {s.name for s in spans}
+            client = [s for s in spans if s.name == FEATURE_LOOKUP_SPAN and s.kind == "CLIENT"]
+            if not (STAGE_SET <= names and client):
+                return False, {"trace": tid, "spans": sorted(names)}
+            seen[tid] = len(spans)
+        return True, seen
+    return Expect("traces", "every sent trace holds a span per stage and the CLIENT lookup span", probe)
+
+
+def logs_by_trace_and_request() -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        tid, rid = facts["first"], facts["request_ids"][0]
+        by_trace = sut.log_lines(trace_id=tid)
+        by_request = sut.log_lines(request_id=rid)
+        ok = (bool(by_trace) and bool(by_request) and all(line.trace_id == tid for line in by_request)
+              and any(line.request_id == rid for line in by_trace) and all(line.severity for line in by_trace))
+        return ok, {"by_trace": [(ln.severity, ln.request_id, ln.body[:60]) for ln in by_trace][:5],
+                    "by_request": len(by_request)}
+    return Expect("logs", "log lines found by trace id and by request id, each with its severity", probe)
+
+
+def failed_request(sut: StackUnderTest) -> dict[str, Any]:
+    """Requests with the errors fault at rate 1 on inference: each fails with a 500."""
+    with sut.fault(fault="errors", stage="inference", rate=1.0):
+        facts = _send(sut, 3, seed=61)
+    assert set(facts["codes"]) == {500}, facts["codes"]
+    return facts
+
+
+def error_span_and_log() -> Expect:
+    def probe(sut: StackUnderTest, facts: dict[str, Any]) -> tuple[bool, Any]:
+        tid = facts["first"]
+        spans = sut.trace(tid) or []
+        errors = sorted(s.name for s in spans if s.error)
+        logs = sut.log_lines(trace_id=tid, severity="ERROR")
+        return "inference" in errors and bool(logs), {"error spans": errors, "error logs": len(logs)}
+    return Expect("traces", "a failed request: an error span on inference and an ERROR log of its trace", probe)
 
 
 def traceql_finds(query: str, what: str) -> Expect:
@@ -196,11 +236,28 @@ CASES: list[Case] = [
         ],
     ),
     Case(
-        "requests: the trace of a request holds every stage (Tempo)",
+        "requests: every trace is stored with its stage spans and the CLIENT span (trace store)",
+        needs=("traces",),
+        run=requests(10, seed=41),
+        expect=[trace_has_stages()],
+    ),
+    Case(
+        "requests: log lines by trace id and by request id, with severity (log store)",
+        needs=("logs",),
+        run=requests(5, seed=52),
+        expect=[logs_by_trace_and_request()],
+    ),
+    Case(
+        "failed request: the error span and the error log of its trace (trace and log store)",
+        needs=("traces", "logs"),
+        run=failed_request,
+        expect=[error_span_and_log()],
+    ),
+    Case(
+        "requests: TraceQL finds the inference spans (Tempo)",
         needs=("tempo",),
         run=requests(10, seed=41),
-        expect=[trace_has_stages(),
-                traceql_finds(f'{{ resource.service.name = "{SVC}" && name = "inference" }}', "inference spans")],
+        expect=[traceql_finds(f'{{ resource.service.name = "{SVC}" && name = "inference" }}', "inference spans")],
     ),
     Case(
         "requests: log lines carry the trace id and the request id (Loki)",

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mlobs import components, envfile, render
+from mlobs import components, envfile, render, stores
 from mlobs.config import Stack
 from mlobs.contract import STAGES  # noqa: F401 (the cases import it from here)
 
@@ -124,9 +124,30 @@ class StackUnderTest:
         r.raise_for_status()
         return r.json().get("traces", [])
 
-    def trace(self, trace_id: str) -> dict[str, Any] | None:
-        r = httpx.get(f"{self.url('tempo')}/api/v2/traces/{trace_id}", timeout=10)
-        return r.json() if r.status_code == 200 else None
+    # ---- the stores, whichever runs (mlobs/stores.py) ---------------------------------------
+
+    @property
+    def running_target(self) -> render.Target:
+        """The target of the components that answer: it names the trace and log store in use."""
+        return render.native_target(self.stack, self.healthy & set(render.BACKENDS))
+
+    @property
+    def traces(self) -> stores.TraceStore | None:
+        return stores.trace_store(self.running_target)
+
+    @property
+    def logs(self) -> stores.LogStore | None:
+        return stores.log_store(self.running_target)
+
+    def trace(self, trace_id: str) -> list[stores.Span] | None:
+        store = self.traces
+        assert store is not None, "no trace store runs"
+        return store.trace(trace_id)
+
+    def log_lines(self, **query: Any) -> list[stores.LogLine]:
+        store = self.logs
+        assert store is not None, "no log store runs"
+        return store.lines(self.service_name, **query)
 
     def alerts(self) -> list[dict[str, Any]]:
         r = httpx.get(f"{self.url('prometheus')}/api/v1/alerts", timeout=10)
@@ -138,7 +159,7 @@ class StackUnderTest:
 class Expect:
     """One expectation: a backend, a description, and a probe returning (ok, what was seen)."""
 
-    backend: str  # prometheus | tempo | loki | alertmanager
+    backend: str  # prometheus | traces | logs (whichever store runs) | tempo | loki | alertmanager
     what: str
     probe: Callable[[StackUnderTest, dict[str, Any]], tuple[bool, Any]]
     timeout: float = 90
@@ -180,7 +201,13 @@ def collector_has(sut: StackUnderTest, component: str) -> bool:
 
 def require(sut: StackUnderTest, needs: tuple[str, ...]) -> None:
     for need in needs:
-        if need == "servicegraph":
+        if need in ("traces", "logs"):
+            store = sut.traces if need == "traces" else sut.logs
+            if store is None:
+                reason = f"no {need} store runs (stack.yaml backends.{need}; natively its binary is absent)"
+                print(f"SKIP reason: {reason}")
+                pytest.skip(reason)
+        elif need == "servicegraph":
             if not collector_has(sut, "servicegraph"):
                 reason = render.NATIVE_MISSING["servicegraph"]
                 print(f"SKIP reason: {reason}")
