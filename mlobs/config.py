@@ -107,10 +107,18 @@ class Retention(Strict):
 
 
 class Sampling(Strict):
+    """Tail sampling (the rule: mlobs/sampling.py). ``profile: debug`` keeps every trace and has
+    the sample service emit its detail spans (per row of a batch)."""
+
+    profile: Literal["default", "debug"] = "default"
     keep_errors: bool = True
     slow_threshold_ms: int = Field(500, ge=1)
-    percentage: float = Field(25, ge=0, le=100)
+    percentage: float = Field(100, ge=0, le=100, description="share of the other traces kept")
     decision_wait: Duration = "5s"
+
+    @property
+    def effective_percentage(self) -> float:
+        return 100.0 if self.profile == "debug" else float(self.percentage)
 
 
 class Redaction(Strict):

@@ -17,6 +17,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from mlobs import components as registry
+from mlobs import sampling
 from mlobs.config import Stack, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,11 +147,21 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
     graph = [c for c in ("span_metrics", "servicegraph") if c not in target.missing_components]
     trace_store, log_store = target.store("traces"), target.store("logs")
     sampled = ([f"otlp_grpc/{trace_store}"] if trace_store else []) + extras["traces"]
+    # Below 100%, the span-metrics connector reads a copy of the spans whose trace ids are
+    # cleared where the trace may be dropped, so each exemplar names a kept trace.
+    links = keep_rule(stack)["share_hex"] is not None
+    span_metrics = (["forward/spanmetrics"] if links else []) + [c for c in graph if c != "span_metrics"]
     pipelines["traces"] = {
         "receivers": ["otlp"],
         "processors": ["memory_limiter", "resource", "redaction"],
-        "exporters": graph + (["forward/sampling"] if sampled else []),
+        "exporters": (span_metrics if links else graph) + (["forward/sampling"] if sampled else []),
     }
+    if links:
+        pipelines["traces/spanmetrics"] = {
+            "receivers": ["forward/spanmetrics"],
+            "processors": ["transform/exemplar_links"],
+            "exporters": ["span_metrics"],
+        }
     if sampled:
         pipelines["traces/sampled"] = {
             "receivers": ["forward/sampling"],
@@ -167,7 +178,8 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
     }
     pipelines["logs"] = {
         "receivers": ["otlp"],
-        "processors": ["memory_limiter", "resource", "redaction", "batch"],
+        "processors": ["memory_limiter", "resource", "redaction",
+                       *(["transform/log_links"] if links else []), "batch"],
         "exporters": ([f"otlp_http/{log_store}"] if log_store else []) + extras["logs"] + ["forward/logcount"],
     }
     pipelines["logs/count"] = {
@@ -176,6 +188,38 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
         "exporters": ["count"],
     }
     return pipelines
+
+
+_ZERO_TRACE_ID = "TraceID(0x" + "00" * 16 + ")"
+_ZERO_SPAN_ID = "SpanID(0x" + "00" * 8 + ")"
+
+
+def keep_rule(stack: Stack) -> dict[str, Any]:
+    """The keep rule of mlobs/sampling.py as the collector's OTTL: the tail-sampling share, and
+    the conditions under which an exemplar's or a log line's trace id is cleared."""
+    s = stack.sampling
+    pct = s.effective_percentage
+    share_hex = sampling.threshold_hex(pct) if 0 < pct < 100 else None
+    randomness = f"Substring({{ctx}}.trace_id.string, 18, {sampling.RANDOMNESS_HEX})"
+    rule: dict[str, Any] = {"always": pct >= 100, "share_hex": share_hex, "attribute": sampling.KEEP_ATTRIBUTE}
+    if share_hex is None:
+        return rule
+    span_keep = [f'{randomness.format(ctx="span")} >= "{share_hex}"',
+                 f'span.end_time_unix_nano - span.start_time_unix_nano > {s.slow_threshold_ms * 1_000_000}',
+                 f'span.attributes["{sampling.KEEP_ATTRIBUTE}"] == true']
+    if s.keep_errors:
+        span_keep.append("span.status.code == STATUS_CODE_ERROR")
+    rule["span_share"] = span_keep[0]
+    rule["clear_span"] = f"set(span.trace_id, {_ZERO_TRACE_ID}) where not ({' or '.join(span_keep)})"
+    # An ERROR log line of the sample service comes with its failed span, so its trace is kept.
+    log_keep = [f'{randomness.format(ctx="log")} >= "{share_hex}"',
+                f'log.attributes["{sampling.KEEP_ATTRIBUTE}"] == true']
+    if s.keep_errors:
+        log_keep.append("log.severity_number >= SEVERITY_NUMBER_ERROR")
+    cond = " or ".join(log_keep)
+    rule["clear_log"] = [f"set(log.span_id, {_ZERO_SPAN_ID}) where not ({cond})",
+                         f"set(log.trace_id, {_ZERO_TRACE_ID}) where not ({cond})"]
+    return rule
 
 
 def used_components(pipelines: dict[str, dict[str, list[str]]]) -> set[str]:
@@ -220,6 +264,7 @@ def context(target: Target) -> dict[str, Any]:
         "used": used_components(pipelines),
         "analyzer_env": analyzer_env(target.stack),
         "scrape_jobs": registry.scrape_jobs(target),
+        "keep": keep_rule(target.stack),
         # the datasource uids the links between the signals point at: the stores that run
         "traces_uid": target.store("traces") or target.stack.backends.traces,
         "logs_uid": target.store("logs") or target.stack.backends.logs,

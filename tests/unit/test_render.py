@@ -11,7 +11,7 @@ import yaml
 
 from mlobs import config, render
 from mlobs.cli import SCHEMA, _schema_text
-from mlobs.nativedeps import otelcol_manifest_components
+from mlobs.nativebuild import otelcol_manifest_components
 
 ROOT = render.ROOT
 STACK = config.load(ROOT / "stack.yaml")
@@ -190,6 +190,8 @@ def test_stack_values_reach_the_configs() -> None:
     data["retention"]["prometheus"] = "3d"
     data["ports"]["grafana"] = 3300
     files = render.render(render.compose_target(config.parse(data)))
-    assert "sampling_percentage: 7" in files["otel-collector/config.yaml"]
+    from mlobs import sampling
+
+    assert f'>= \\"{sampling.threshold_hex(7)}\\"' in files["otel-collector/config.yaml"]
     assert "--storage.tsdb.retention.time=3d" in files["compose/docker-compose.yml"]
     assert "127.0.0.1:3300:3000" in yaml.safe_load(files["compose/docker-compose.yml"])["services"]["grafana"]["ports"]
