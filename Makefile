@@ -55,7 +55,7 @@ load: venv ## drive the sample service with the load generator (RATE=5 DURATION=
 	$(BIN)/mlobs load --rate $${RATE:-5} --duration $${DURATION:-60s} $(ARGS)
 
 bench: venv ## latency the telemetry adds per request, p50 and p99
-	$(BIN)/python -m generator.bench
+	$(BIN)/mlobs bench
 
 e2e: venv querycheck-deps ## the end-to-end suite against the stack `make up` started (docker or native)
 	MLOBS_E2E_EXISTING=1 $(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)

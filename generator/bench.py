@@ -1,6 +1,6 @@
 """Benchmark: the latency that full telemetry adds to a prediction request.
 
-    python -m generator.bench [--requests 2000] [--warmup 200]
+    mlobs bench [--requests 2000] [--warmup 200]     (make bench)
 
 Starts the service twice, as subprocesses on the same trained model: once with
 ``OTEL_SDK_DISABLED=true`` (telemetry off) and once with every signal on (spans for every
@@ -15,7 +15,6 @@ this command starts (it accepts and counts what it is sent). The output says whi
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import socket
@@ -169,15 +168,12 @@ def report(times: dict[str, np.ndarray]) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m generator.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="measured requests per mode")
-    parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests per mode first")
-    args = parser.parse_args(argv)
+def run(requests: int = 2000, warmup: int = 200) -> int:
+    """Measure, print the table; `mlobs bench` calls this."""
 
     load_before = os.getloadavg()[0]
     workload = Workload(seed=7)
-    bodies = [workload.single().body for _ in range(args.warmup + args.requests)]
+    bodies = [workload.single().body for _ in range(warmup + requests)]
     with tempfile.TemporaryDirectory(prefix="mlobs-bench-") as tmp:
         tmp_dir = Path(tmp)
         models = tmp_dir / "models"
@@ -212,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 httpx.Client(base_url=services[1].url, timeout=30) as on,
             ):
                 started = time.monotonic()
-                times = measure(off, on, bodies, args.warmup)
+                times = measure(off, on, bodies, warmup)
                 elapsed = time.monotonic() - started
             time.sleep(6)  # one more metric export, so the sink's counts include metrics
         finally:
@@ -223,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         "mlobs benchmark: latency added per /predict request by the full telemetry",
-        f"  {args.requests} measured requests per mode after {args.warmup} warm-up, one at a time, "
+        f"  {requests} measured requests per mode after {warmup} warm-up, one at a time, "
         f"interleaved, same bodies; {elapsed:.0f}s",
         "  telemetry off: OTEL_SDK_DISABLED=true",
         "  telemetry on:  spans for every stage, metrics with exemplars (5 s export), OTLP logs, exported to",
@@ -242,6 +238,3 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines), flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -274,12 +274,13 @@ def load(ctx: typer.Context, stack: StackOpt = ROOT / "stack.yaml") -> None:
 
 def _build_native(s: config.Stack, only: list[str] | None = None) -> None:
     """Build (or take from the cache) the native binaries at the versions of stack.yaml."""
-    from mlobs import nativedeps
+    from mlobs import nativebuild
 
     versions = {"otelcol": s.version("otel-collector"), "prometheus": s.version("prometheus"),
-                "alertmanager": s.version("alertmanager")}
+                "alertmanager": s.version("alertmanager"), "jaeger": s.version("jaeger"),
+                "victorialogs": s.version("victorialogs")}
     try:
-        nativedeps.ensure_binaries(versions, ROOT / ".bin", only=only)
+        nativebuild.ensure_binaries(versions, ROOT / ".bin", only=only)
     except Exception as e:  # the message names the step and its log
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
@@ -290,6 +291,15 @@ def native_deps(stack: StackOpt = ROOT / "stack.yaml",
                 only: Annotated[list[str] | None, typer.Option(help="build only these binaries")] = None) -> None:
     """Build the collector, Prometheus, promtool, Alertmanager and amtool from the Go module proxy."""
     _build_native(_load(stack), only)
+
+
+@app.command()
+def bench(requests: Annotated[int, typer.Option(help="measured requests per mode")] = 2000,
+          warmup: Annotated[int, typer.Option(help="unmeasured requests per mode first")] = 200) -> None:
+    """Latency the telemetry adds per prediction request, p50 and p99 (telemetry on vs off)."""
+    from generator import bench as bench_mod
+
+    raise typer.Exit(bench_mod.run(requests=requests, warmup=warmup))
 
 
 @app.command()
