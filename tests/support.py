@@ -20,7 +20,7 @@ COMPONENT_OF = {"otelcol-mlobs": "otel-collector", "prometheus": "prometheus", "
 
 def binary(name: str) -> Path | None:
     """A native binary from .bin/, PATH or the `make native-deps` cache (at the pinned version), or None."""
-    from mlobs import config, nativedeps
+    from mlobs import config, nativebuild
 
     candidates = [BIN / name]
     found = shutil.which(name)
@@ -28,7 +28,7 @@ def binary(name: str) -> Path | None:
         candidates.append(Path(found))
     if name in COMPONENT_OF and name != "otelcol-mlobs":
         version = config.load(ROOT / "stack.yaml").version(COMPONENT_OF[name])
-        candidates.append(nativedeps.cache_entry_dir(nativedeps.default_cache_dir(), name, version) / name)
+        candidates.append(nativebuild.cache_entry_dir(nativebuild.default_cache_dir(), name, version) / name)
     return next((p for p in candidates if p.is_file() and os.access(p, os.X_OK)), None)
 
 
