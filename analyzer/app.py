@@ -30,7 +30,8 @@ from analyzer.models import Incident, WebhookAlert, WebhookPayload
 from analyzer.prometheus import PrometheusAPI, PrometheusClient
 from analyzer.rca import RootCauseAnalyzer
 from analyzer.settings import Settings
-from analyzer.telemetry import Telemetry, configure_logging, disabled, package_version, setup_telemetry
+from analyzer.telemetry import disabled, incidents_counter, setup_telemetry
+from mlobs.telemetry import Telemetry, package_version
 
 _log = logging.getLogger("analyzer")
 
@@ -83,6 +84,7 @@ def create_app(
     """The app; clients default to real ones built from ``settings``, tests pass fakes."""
     settings = settings or Settings.from_env()
     telemetry = telemetry or disabled()
+    incident_count = incidents_counter(telemetry)
     owned: list[Any] = []
     if prometheus is None:
         prometheus = PrometheusClient(settings.prometheus_url, timeout=settings.query_timeout)
@@ -144,7 +146,7 @@ def create_app(
                 annotation_id = grafana.annotate(incident)
             incident = incident.model_copy(update={"annotation_id": annotation_id})
             store.put(incident)
-            telemetry.incidents.add(1, {"alertname": alert.alertname, "suspect.kind": top.kind})
+            incident_count.add(1, {"alertname": alert.alertname, "suspect.kind": top.kind})
             _log.info(
                 "%s: top suspect %s %s (score %.2f)",
                 alert.alertname,
@@ -233,7 +235,6 @@ def main() -> None:
     except ValueError as exc:
         sys.exit(f"analyzer: {exc}")
     telemetry = setup_telemetry()
-    configure_logging(telemetry)
     app = create_app(settings, telemetry=telemetry)
     _log.info(
         "analyzer listening on %s:%s; Prometheus %s, Grafana %s",

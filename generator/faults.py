@@ -24,11 +24,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from generator.model import DEFAULT_MONITORED, FEATURE_NAMES
+from mlobs.contract import STAGES
 
 FaultKind = Literal["latency", "errors", "drift", "regression", "slow_lookup"]
 FAULT_KINDS: tuple[str, ...] = ("latency", "errors", "drift", "regression", "slow_lookup")
-Stage = Literal["validation", "feature_extraction", "inference", "postprocessing"]
-STAGES: tuple[str, ...] = ("validation", "feature_extraction", "inference", "postprocessing")
+Stage = Literal[STAGES]  # type: ignore[valid-type]  # one of mlobs.contract.STAGES
 
 _log = logging.getLogger(__name__)
 

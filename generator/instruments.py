@@ -2,7 +2,7 @@
 
 Every ``ml.*`` metric carries ``ml.model.name`` and ``ml.model.version``. Ids (request,
 trace, batch) are recorded on the exemplar histograms only, where a view keeps them out
-of the series (see ``generator.telemetry``).
+of the series (``generator.telemetry.VIEWS``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from generator.drift import DriftMonitor
 from generator.faults import FAULT_KINDS, FaultState
 from generator.model import MODEL_NAME, ModelVersion
 from generator.quality import RollingQuality
+from mlobs.contract import REQUEST_DURATION, STAGE_DURATION
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -44,13 +45,13 @@ class InferenceMetrics:
         self._faults = faults
 
         self.request_duration = meter.create_histogram(
-            "ml.request.duration",
+            REQUEST_DURATION,
             unit="s",
             description="Duration of a prediction request, by outcome",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
         )
         self.stage_duration = meter.create_histogram(
-            "ml.stage.duration",
+            STAGE_DURATION,
             unit="s",
             description="Duration of one stage of a prediction",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,

@@ -36,8 +36,10 @@ from locust.env import Environment
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
 from generator.faults import ChaosScheduler, FaultChange, parse_fault
-from generator.telemetry import SERVICE_LOADGEN, Telemetry, setup_telemetry
+from generator.telemetry import setup_telemetry
 from generator.workload import Workload, parse_duration
+from mlobs.contract import SERVICE_LOADGEN
+from mlobs.telemetry import Telemetry
 
 _log = logging.getLogger("generator.loadgen")
 
@@ -226,10 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         from grpc.experimental import gevent as grpc_gevent
 
         grpc_gevent.init_gevent()
-    telemetry = setup_telemetry(SERVICE_LOADGEN, system_metrics=False)
-    instrumentor = RequestsInstrumentor()
-    instrumentor.instrument(tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider)
-    telemetry.instrumentors.append(instrumentor)
+    telemetry = setup_telemetry(SERVICE_LOADGEN)
+    telemetry.instrument(RequestsInstrumentor())
     try:
         return run(args, telemetry)
     finally:

@@ -55,16 +55,10 @@ from generator.model import (
     roll_back_fault_versions,
 )
 from generator.quality import Prediction, PredictionLog, RollingQuality, label_delay
-from generator.telemetry import (
-    BATCH_ID,
-    REQUEST_ID,
-    SERVICE_INFERENCE,
-    Telemetry,
-    attach_baggage,
-    package_version,
-    setup_telemetry,
-)
+from generator.telemetry import attach_baggage, setup_telemetry
 from generator.train import train_version
+from mlobs.contract import ATTR_BATCH_ID, ATTR_REQUEST_ID, SERVICE_INFERENCE
+from mlobs.telemetry import Telemetry, package_version
 
 _log = logging.getLogger("generator.service")
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -215,14 +209,14 @@ class InferenceService:
         self.poll_seconds = poll_seconds
         self.admin_token = admin_token
         self.store = store
-        self.tracer = telemetry.tracer("generator.service")
+        self.tracer = telemetry.get_tracer("generator.service")
         self.drift = DriftMonitor(monitored_features())
         self.quality = RollingQuality(POSITIVE_CLASS)
         self.predictions = PredictionLog()
         self.faults = FaultState(on_regression=self._regression)
         self.registry = ModelRegistry(directory, self.tracer, on_deploy=self._deployed)
         self.metrics = InferenceMetrics(
-            telemetry.meter("generator.service"),
+            telemetry.get_meter("generator.service"),
             lambda: self.registry.current,
             self.drift,
             self.quality,
@@ -342,7 +336,7 @@ class InferenceService:
             return JSONResponse({"detail": "no model loaded yet", "request_id": request_id}, status_code=503)
         model_attrs = model_attributes(model)
         server_span.set_attributes(model_attrs)
-        exemplar = {REQUEST_ID: request_id} if len(request_id) <= _MAX_EXEMPLAR_ID else {}
+        exemplar = {ATTR_REQUEST_ID: request_id} if len(request_id) <= _MAX_EXEMPLAR_ID else {}
         outcome = "success"
         token = None
         try:
@@ -355,9 +349,9 @@ class InferenceService:
                     raise
             if parsed.instances is not None:
                 batch_id = parsed.batch_id or uuid.uuid4().hex
-                server_span.set_attributes({BATCH_ID: batch_id, "ml.batch.size": len(parsed.instances)})
-                token = attach_baggage([(BATCH_ID, batch_id)])
-                exemplar = {BATCH_ID: batch_id}
+                server_span.set_attributes({ATTR_BATCH_ID: batch_id, "ml.batch.size": len(parsed.instances)})
+                token = attach_baggage([(ATTR_BATCH_ID, batch_id)])
+                exemplar = {ATTR_BATCH_ID: batch_id}
             else:
                 batch_id = None
 
@@ -442,8 +436,8 @@ class InferenceService:
     def feedback(self, body: FeedbackRequest) -> JSONResponse:
         span = trace.get_current_span()
         # The feedback span and its logs carry the id of the request the label belongs to.
-        span.set_attribute(REQUEST_ID, body.request_id)
-        token = attach_baggage([(REQUEST_ID, body.request_id)])
+        span.set_attribute(ATTR_REQUEST_ID, body.request_id)
+        token = attach_baggage([(ATTR_REQUEST_ID, body.request_id)])
         try:
             prediction = self.predictions.take(body.request_id, body.index)
             if prediction is None:
@@ -484,7 +478,7 @@ class InferenceService:
 
 
 def _current_request_id() -> str:
-    value = baggage.get_baggage(REQUEST_ID)
+    value = baggage.get_baggage(ATTR_REQUEST_ID)
     return str(value) if value else uuid.uuid4().hex
 
 
@@ -513,8 +507,8 @@ class RequestIdMiddleware:
             request_id = str(uuid.uuid4())
         span = trace.get_current_span()
         if span.is_recording():
-            span.set_attribute(REQUEST_ID, request_id)
-        token = attach_baggage([(REQUEST_ID, request_id)])
+            span.set_attribute(ATTR_REQUEST_ID, request_id)
+        token = attach_baggage([(ATTR_REQUEST_ID, request_id)])
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: MutableMapping[str, Any]) -> None:
@@ -661,7 +655,7 @@ def create_app(
 def main() -> None:
     import uvicorn
 
-    telemetry = setup_telemetry(SERVICE_INFERENCE)
+    telemetry = setup_telemetry(SERVICE_INFERENCE, system_metrics=True)
     try:
         app = create_app(telemetry)
         uvicorn.run(

@@ -39,14 +39,9 @@ from generator.model import (
     reserve_version,
     save_version,
 )
-from generator.telemetry import (
-    SERVICE_TRAINING,
-    TRAINING_RUN_ID,
-    Telemetry,
-    attach_baggage,
-    links_to_current,
-    setup_telemetry,
-)
+from generator.telemetry import attach_baggage, links_to_current, setup_telemetry
+from mlobs.contract import ATTR_TRAINING_RUN_ID, SERVICE_TRAINING, TRAINING_DURATION
+from mlobs.telemetry import Telemetry
 
 _log = logging.getLogger(__name__)
 _BATCH_SIZE = 32
@@ -83,15 +78,15 @@ def train_version(
     """Train, evaluate and save the next version of the model in ``directory``."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    tracer = telemetry.tracer(__name__)
-    meter = telemetry.meter(__name__)
+    tracer = telemetry.get_tracer(__name__)
+    meter = telemetry.get_meter(__name__)
     loss_gauge = meter.create_gauge("ml.training.loss", description="Log loss on the training split, per epoch")
     accuracy_gauge = meter.create_gauge(
         "ml.training.accuracy", description="Accuracy on the validation split, per epoch"
     )
     runs = meter.create_counter("ml.training.runs", description="Training runs by outcome")
     duration = meter.create_histogram(
-        "ml.training.duration",
+        TRAINING_DURATION,
         unit="s",
         description="Wall time of a training run",
         explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
@@ -100,7 +95,7 @@ def train_version(
     run_id = uuid.uuid4().hex
     version = reserve_version(directory)
     attrs = {"ml.model.name": MODEL_NAME, "ml.model.version": str(version)}
-    token = attach_baggage([(TRAINING_RUN_ID, run_id)])
+    token = attach_baggage([(ATTR_TRAINING_RUN_ID, run_id)])
     started = time.perf_counter()
     try:
         # A new root: one trace per run, even when the service trains in a request.
@@ -109,7 +104,7 @@ def train_version(
             context=context.Context(),
             links=links_to_current(),
             attributes=attrs
-            | {TRAINING_RUN_ID: run_id, "ml.training.epochs": epochs, "ml.training.degraded": degraded},
+            | {ATTR_TRAINING_RUN_ID: run_id, "ml.training.epochs": epochs, "ml.training.degraded": degraded},
         ) as run_span:
             _log.info(
                 "training run started",
@@ -167,7 +162,7 @@ def train_version(
             save_version(directory, version, pipeline, metadata)
             elapsed = time.perf_counter() - started
             run_span.set_attributes({"ml.training.accuracy": accuracy, "ml.training.loss": loss})
-            duration.record(elapsed, attrs | {TRAINING_RUN_ID: run_id})
+            duration.record(elapsed, attrs | {ATTR_TRAINING_RUN_ID: run_id})
             runs.add(1, attrs | {"outcome": "success"})
             _log.info(
                 "training run finished: version %s, validation accuracy %.3f",
@@ -200,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=None, help="default: $MLOBS_MODEL_DIR or .stack/models")
     args = parser.parse_args(argv)
 
-    telemetry = setup_telemetry(SERVICE_TRAINING, system_metrics=False)
+    telemetry = setup_telemetry(SERVICE_TRAINING)
     try:
         result = train_version(
             args.model_dir or model_dir(),

@@ -15,6 +15,7 @@ import numpy as np
 from analyzer import rca
 from analyzer.grafana import GrafanaAnnotator
 from analyzer.prometheus import RangeSeries, Sample, grid_size
+from mlobs.contract import FEATURE_LOOKUP_SPAN, STAGES
 
 JOB = "mlobs-inference"
 MODEL = "breast-cancer-classifier"
@@ -25,7 +26,8 @@ POINTS = (rca.BASELINE_SECONDS + rca.RECENT_SECONDS) // rca.STEP_SECONDS + 1
 FAULT_POINTS = 6  # the fault began 6 minutes ago: the whole recent window, plus one point
 NOW = 1_800_000_000.0
 
-STAGES = {"validation": 0.002, "feature_extraction": 0.008, "inference": 0.004, "postprocessing": 0.001}
+# The healthy p95 of each stage, in seconds.
+STAGE_P95 = dict(zip(STAGES, (0.002, 0.008, 0.004, 0.001), strict=True))
 FEATURES = ("mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness")
 SERVER, INTERNAL, CLIENT = "SPAN_KIND_SERVER", "SPAN_KIND_INTERNAL", "SPAN_KIND_CLIENT"
 
@@ -55,7 +57,7 @@ def healthy(noise: bool = True) -> World:
     """An hour of a healthy sample service: small noise around plausible levels (none when ``noise`` is off)."""
     w = World()
     k = 1.0 if noise else 0.0
-    for stage, p95 in STAGES.items():
+    for stage, p95 in STAGE_P95.items():
         w.steady("stage_p95", {"ml_stage": stage}, p95, 0.05 * p95 * k)
         w.steady("stage_p99", {"ml_stage": stage}, 1.5 * p95, 0.08 * p95 * k)
         w.steady("span_p95", {"span_name": stage, "span_kind": INTERNAL}, p95, 0.05 * p95 * k)
@@ -63,11 +65,11 @@ def healthy(noise: bool = True) -> World:
         w.steady("span_error_ratio", {"span_name": stage, "span_kind": INTERNAL}, 0.0, 0.0)
     for query, level in (("span_p95", 1.0), ("span_p99", 1.6)):
         w.steady(query, {"span_name": "POST /predict", "span_kind": SERVER}, 0.02 * level, 0.001 * k)
-        w.steady(query, {"span_name": "feature_lookup", "span_kind": CLIENT}, 0.005 * level, 0.0003 * k)
+        w.steady(query, {"span_name": FEATURE_LOOKUP_SPAN, "span_kind": CLIENT}, 0.005 * level, 0.0003 * k)
     # Invalid requests from the load generator fail validation: a steady, non-zero error ratio.
     w.steady("span_error_ratio", {"span_name": "validation", "span_kind": INTERNAL}, 0.03, 0.004 * k)
     w.steady("span_error_ratio", {"span_name": "POST /predict", "span_kind": SERVER}, 0.0, 0.0)
-    w.steady("span_error_ratio", {"span_name": "feature_lookup", "span_kind": CLIENT}, 0.0, 0.0)
+    w.steady("span_error_ratio", {"span_name": FEATURE_LOOKUP_SPAN, "span_kind": CLIENT}, 0.0, 0.0)
     for feature in FEATURES:
         w.steady("drift_psi", {"ml_feature": feature}, 0.03, 0.008 * k)
         w.steady("drift_ks", {"ml_feature": feature}, 0.05, 0.01 * k)
@@ -96,7 +98,7 @@ def fault_slow_lookup() -> World:
     for query, base in (("stage_p95", 0.3), ("stage_p99", 0.32)):
         w.shift(query, {"ml_stage": "feature_extraction"}, base + 0.008, 0.005)
     for query, base in (("span_p95", 0.3), ("span_p99", 0.32)):
-        w.shift(query, {"span_name": "feature_lookup", "span_kind": CLIENT}, base + 0.005, 0.005)
+        w.shift(query, {"span_name": FEATURE_LOOKUP_SPAN, "span_kind": CLIENT}, base + 0.005, 0.005)
         w.shift(query, {"span_name": "feature_extraction", "span_kind": INTERNAL}, base + 0.008, 0.005)
         w.shift(query, {"span_name": "POST /predict", "span_kind": SERVER}, base + 0.02, 0.005)
     return w
@@ -133,7 +135,7 @@ def fault_regression() -> World:
 
 SCENARIOS: dict[str, tuple[Callable[[], World], str, str]] = {
     "latency in inference": (fault_latency_inference, "stage_latency", "inference"),
-    "slow feature lookup": (fault_slow_lookup, "downstream_latency", "feature_lookup"),
+    "slow feature lookup": (fault_slow_lookup, "downstream_latency", FEATURE_LOOKUP_SPAN),
     "error burst in inference": (fault_errors_inference, "errors", "inference"),
     "drift on mean_radius": (fault_drift_mean_radius, "drift", "mean_radius"),
     "regression after a deployment": (fault_regression, "model_regression", f"{MODEL} v2"),

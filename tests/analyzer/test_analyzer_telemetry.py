@@ -20,8 +20,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
     for var in ("OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
         monkeypatch.delenv(var, raising=False)
     spans, reader, logs = InMemorySpanExporter(), InMemoryMetricReader(), InMemoryLogRecordExporter()
-    telemetry = tel.setup_telemetry(span_exporter=spans, metric_reader=reader, log_exporter=logs)
-    tel.configure_logging(telemetry)
+    telemetry = tel.setup_telemetry(span_exporter=spans, metric_readers=[reader], log_exporter=logs)
     yield telemetry, spans, reader, logs
     telemetry.shutdown()
 
@@ -65,11 +64,10 @@ def test_an_analysis_leaves_a_span_a_log_and_a_count(captured, make_client) -> N
 
 def test_otel_sdk_disabled_runs_without_telemetry(monkeypatch: pytest.MonkeyPatch, make_client) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    root_handlers = list(logging.getLogger().handlers)
     telemetry = tel.setup_telemetry()
     assert not telemetry.enabled
-    root_handlers = list(logging.getLogger().handlers)
     try:
-        tel.configure_logging(telemetry)
         assert len(telemetry.handlers) == 1, "console only, no OTLP handler"
         with make_client(fault_latency_inference(), telemetry=telemetry) as client:
             r = client.post("/alerts", json=payload(alert()))
@@ -85,6 +83,7 @@ def test_otel_variables_choose_the_exporters(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setenv(f"OTEL_{signal}_EXPORTER", "none")
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     telemetry = tel.setup_telemetry()
     try:
         assert telemetry.enabled
@@ -93,3 +92,8 @@ def test_otel_variables_choose_the_exporters(monkeypatch: pytest.MonkeyPatch) ->
         assert resource.attributes["deployment.environment.name"] == "test"
     finally:
         telemetry.shutdown()
+
+
+def test_the_analyzer_leaves_the_global_providers_alone(captured) -> None:
+    telemetry = captured[0]
+    assert trace.get_tracer_provider() is not telemetry.tracer_provider

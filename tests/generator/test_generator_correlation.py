@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from opentelemetry.trace import SpanKind
 
-STAGES = ["validation", "feature_extraction", "inference", "postprocessing"]
-IDS = {"request.id", "ml.batch.id", "trace_id", "span_id", "trace.id", "span.id"}
+from mlobs.contract import CORRELATION_KEYS, FEATURE_LOOKUP_SPAN, STAGES
+
+IDS = {*CORRELATION_KEYS, "trace_id", "span_id", "trace.id", "span.id"}
 
 
 def test_one_request_yields_every_stage_logs_and_exemplars_on_one_trace(client, captured, online_row):
@@ -27,7 +28,7 @@ def test_one_request_yields_every_stage_logs_and_exemplars_on_one_trace(client, 
         assert stage.context.trace_id == trace_id, name
         assert stage.parent.span_id == server.context.span_id, name
         assert stage.kind is SpanKind.INTERNAL
-    lookup = captured.span("feature_lookup")
+    lookup = captured.span(FEATURE_LOOKUP_SPAN)
     assert lookup.kind is SpanKind.CLIENT
     assert lookup.attributes["peer.service"] == "mlobs-feature-store"
     assert lookup.parent.span_id == captured.span("feature_extraction").context.span_id
@@ -85,7 +86,7 @@ def test_a_batch_has_one_server_span_carrying_the_batch_id_in_spans_logs_and_exe
     root = roots[0]
     assert root.attributes["ml.batch.id"] == "batch-0007"
     assert root.attributes["ml.batch.size"] == 5
-    assert len([s for s in captured.spans.get_finished_spans() if s.name == "feature_lookup"]) == 1
+    assert len([s for s in captured.spans.get_finished_spans() if s.name == FEATURE_LOOKUP_SPAN]) == 1
 
     info = [r.log_record for r in captured.logs.get_finished_logs() if r.log_record.trace_id == root.context.trace_id]
     assert info and all(r.attributes.get("ml.batch.id") == "batch-0007" for r in info if r.severity_text == "INFO")

@@ -20,8 +20,9 @@ from generator.model import (
     reserve_version,
     servable_versions,
 )
-from generator.telemetry import SERVICE_TRAINING, setup_telemetry
+from generator.telemetry import setup_telemetry
 from generator.train import train_version
+from mlobs.contract import SERVICE_TRAINING
 
 
 def test_a_training_run_is_one_trace_with_a_span_per_epoch_and_metrics_and_logs(tmp_path):

@@ -1,4 +1,8 @@
-"""Telemetry is configured by the standard OTEL_* variables only, and can be switched off."""
+"""The generator's telemetry: mlobs.telemetry with the contract's views and ids, switched off by OTEL_SDK_DISABLED.
+
+How the OTEL_* variables choose exporters, the JSON console format and the shutdown order are
+tests/unit/test_telemetry.py's.
+"""
 
 from __future__ import annotations
 
@@ -6,48 +10,66 @@ import logging
 import os
 
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
-from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from generator import telemetry as tel
-from generator.telemetry import SERVICE_INFERENCE, build_resource, setup_telemetry
-
-
-def test_otlp_over_http_protobuf_is_the_default(monkeypatch):
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
-    assert isinstance(tel._span_exporter(), HttpSpanExporter)
-    assert isinstance(tel._log_exporter(), HttpLogExporter)
-
-
-def test_protocol_comes_from_the_standard_variables(monkeypatch):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    assert isinstance(tel._span_exporter(), GrpcSpanExporter)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
-    assert isinstance(tel._span_exporter(), HttpSpanExporter)
+from generator.telemetry import setup_telemetry
+from mlobs.contract import (
+    ATTR_REQUEST_ID,
+    ATTR_STAGE,
+    EXEMPLAR_HISTOGRAMS,
+    SERVICE_INFERENCE,
+    SERVICE_LOADGEN,
+)
 
 
-def test_an_exporter_can_be_switched_off(monkeypatch):
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
-    assert tel._span_exporter() is None
+def _resource(**options):
+    telemetry = setup_telemetry(SERVICE_INFERENCE, span_exporter=InMemorySpanExporter(), set_global=False, **options)
+    telemetry.shutdown()
+    return telemetry.resource.attributes
 
 
 def test_resource_defaults_yield_to_otel_variables(monkeypatch):
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
-    default = build_resource(SERVICE_INFERENCE).attributes
+    default = _resource()
     assert default["service.name"] == "mlobs-inference"
     assert default["deployment.environment.name"] == "local"
     assert default["service.instance.id"].endswith(f"-{os.getpid()}")
 
     monkeypatch.setenv("OTEL_SERVICE_NAME", "my-model")
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging,team=ml")
-    custom = build_resource(SERVICE_INFERENCE).attributes
+    custom = _resource()
     assert custom["service.name"] == "my-model"
     assert custom["deployment.environment.name"] == "staging"
     assert custom["team"] == "ml"
+
+
+@pytest.mark.parametrize("histogram", EXEMPLAR_HISTOGRAMS)
+def test_an_exemplar_histogram_keeps_ids_out_of_its_series_and_in_its_exemplars(histogram):
+    reader = InMemoryMetricReader()
+    spans = InMemorySpanExporter()
+    telemetry = setup_telemetry(SERVICE_INFERENCE, span_exporter=spans, metric_readers=[reader], set_global=False)
+    try:
+        with telemetry.tracer.start_as_current_span("work"):
+            telemetry.meter.create_histogram(histogram, unit="s").record(
+                0.2, {ATTR_STAGE: "inference", ATTR_REQUEST_ID: "r-1", "anything.else": "x"}
+            )
+        [point] = [
+            p
+            for rm in reader.get_metrics_data().resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == histogram
+            for p in m.data.data_points
+        ]
+    finally:
+        telemetry.shutdown()
+    assert dict(point.attributes) == {ATTR_STAGE: "inference"}
+    [exemplar] = [e for e in point.exemplars if e.value == 0.2]
+    assert exemplar.filtered_attributes[ATTR_REQUEST_ID] == "r-1"
+    assert exemplar.trace_id == spans.get_finished_spans()[0].context.trace_id
 
 
 def test_sdk_disabled_turns_every_signal_off_and_the_service_still_works(monkeypatch, model_dir, full_row):
@@ -59,13 +81,24 @@ def test_sdk_disabled_turns_every_signal_off_and_the_service_still_works(monkeyp
     telemetry = setup_telemetry(SERVICE_INFERENCE, set_global=False, system_metrics=False)
     try:
         assert telemetry.enabled is False
-        assert not telemetry.tracer("t").start_span("x").is_recording()
+        assert not telemetry.get_tracer("t").start_span("x").is_recording()
         with TestClient(create_app(telemetry, directory=model_dir, poll_seconds=0)) as client:
             response = client.post("/predict", json=full_row(0), headers={"X-Request-ID": "off-1"})
         assert response.status_code == 200
         assert response.headers["x-request-id"] == "off-1"
     finally:
         telemetry.shutdown()
+
+
+def test_the_load_generator_instruments_requests_until_shutdown():
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    telemetry = setup_telemetry(SERVICE_LOADGEN, span_exporter=InMemorySpanExporter(), set_global=False)
+    instrumentor = RequestsInstrumentor()
+    telemetry.instrument(instrumentor)
+    assert instrumentor.is_instrumented_by_opentelemetry
+    telemetry.shutdown()
+    assert not instrumentor.is_instrumented_by_opentelemetry
 
 
 def test_event_name_stays_an_attribute_of_the_otlp_log_record(captured):
@@ -75,18 +108,25 @@ def test_event_name_stays_an_attribute_of_the_otlp_log_record(captured):
     assert record.event_name == "model.deployed"
 
 
+def test_the_request_id_in_baggage_reaches_every_log_record(captured):
+    from opentelemetry import context
+
+    from generator.telemetry import attach_baggage
+
+    token = attach_baggage([(ATTR_REQUEST_ID, "bag-7")])
+    try:
+        logging.getLogger("generator.test").info("in the request")
+    finally:
+        context.detach(token)
+    logging.getLogger("generator.test").info("after the request")
+    records = {r.log_record.body: r.log_record.attributes for r in captured.logs.get_finished_logs()}
+    assert records["in the request"][ATTR_REQUEST_ID] == "bag-7"
+    assert ATTR_REQUEST_ID not in records["after the request"]
+
+
 def test_sdk_records_never_loop_back_into_the_otlp_pipeline(captured):
     logging.getLogger("opentelemetry.exporter.otlp.proto.http").error("Failed to export span batch")
     assert not [r for r in captured.logs.get_finished_logs() if "Failed to export" in str(r.log_record.body)]
-
-
-def test_repeated_sdk_complaints_are_throttled_on_the_console():
-    throttle = tel._ThrottleSdkErrors(every_seconds=60)
-    record = logging.LogRecord("opentelemetry.exporter", logging.WARNING, "", 0, "Transient error %s", ("x",), None)
-    assert throttle.filter(record) is True
-    assert throttle.filter(record) is False
-    ours = logging.LogRecord("generator.service", logging.WARNING, "", 0, "hello", None, None)
-    assert throttle.filter(ours) and throttle.filter(ours)
 
 
 def test_in_memory_setup_does_not_touch_the_global_providers():
