@@ -144,13 +144,25 @@ class Place:
 
 
 def otlp_env(p: Place, service_name: str, export_interval_ms: int = 5000) -> dict[str, str]:
-    """The OTEL_* variables that send a service's telemetry to this stack's collector."""
+    """The OTEL_* variables that send a service's telemetry to this stack's collector, and the
+    keep rule of tail sampling (mlobs/sampling.py) that mlobs.telemetry's exemplar filter applies."""
     return {
         "OTEL_SERVICE_NAME": service_name,
         "OTEL_EXPORTER_OTLP_ENDPOINT": p.url("otlp_http"),
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_METRIC_EXPORT_INTERVAL": str(export_interval_ms),
         "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
+        **sampling_env(p.stack),
+    }
+
+
+def sampling_env(stack: Stack) -> dict[str, str]:
+    s = stack.sampling
+    return {
+        "MLOBS_SAMPLING_PERCENTAGE": f"{s.effective_percentage:g}",
+        "MLOBS_SAMPLING_SLOW_MS": str(s.slow_threshold_ms),
+        "MLOBS_SAMPLING_KEEP_ERRORS": "true" if s.keep_errors else "false",
+        "MLOBS_TRACE_DETAIL": "true" if s.profile == "debug" else "false",
     }
 
 

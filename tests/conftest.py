@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,17 +39,13 @@ class RunningStack:
         return component in self.health and self.health[component].healthy
 
 
-@pytest.fixture(scope="session")
-def native_stack(tmp_path_factory: pytest.TempPathFactory):
-    """Start the real native stack once per session (collector, Prometheus, Alertmanager, sample
-    service, plus Loki/Tempo/Grafana where their binaries exist) and stop it at the end, also on failure."""
-    from mlobs import config
+@contextlib.contextmanager
+def running_native_stack(stack, root: Path) -> Iterator[RunningStack]:
+    """Start a real native stack of `stack` under `root`, yield it, stop it (also on failure)."""
     from mlobs.runtime import native
 
     for name in ("otelcol-mlobs", "prometheus"):
         need_binary(name)
-    stack = config.load(STACK_FILE, TEST_OVERLAY)
-    root = tmp_path_factory.mktemp("native-stack")
     state = native.State(root=root / ".stack", bin_dir=BIN, env_file=root / ".env")
     try:
         plan, health = native.start(stack, state, timeout=180)
@@ -61,3 +59,20 @@ def native_stack(tmp_path_factory: pytest.TempPathFactory):
         yield RunningStack(stack, state, plan, health)
     finally:
         native.stop(state)
+
+
+@pytest.fixture(scope="session")
+def native_stack(tmp_path_factory: pytest.TempPathFactory):
+    """Start the real native stack once per session (collector, Prometheus, Alertmanager, the trace
+    and log stores, the sample service, plus Loki/Tempo/Grafana where their binaries exist)."""
+    from mlobs import config
+
+    stack = config.load(STACK_FILE, TEST_OVERLAY)
+    with running_native_stack(stack, tmp_path_factory.mktemp("native-stack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def start_native_stack():
+    """`with start_native_stack(stack, root) as running:` a second stack of a test's own."""
+    return running_native_stack

@@ -8,9 +8,8 @@ from typing import Any
 
 from harness import STAGES, Case, Expect, StackUnderTest
 
-from mlobs.contract import FEATURE_LOOKUP_SPAN
-
 from generator.workload import Workload
+from mlobs.contract import FEATURE_LOOKUP_SPAN
 
 SVC = "mlobs-inference"
 
@@ -101,7 +100,7 @@ def trace_has_stages() -> Expect:
                 return False, f"trace {tid} not (yet) in {sut.traces.name}"
             names = {s.name for s in spans}
             client = [s for s in spans if s.name == FEATURE_LOOKUP_SPAN and s.kind == "CLIENT"]
-            if not (STAGE_SET <= names and client):
+            if not (names >= STAGE_SET and client):
                 return False, {"trace": tid, "spans": sorted(names)}
             seen[tid] = len(spans)
         return True, seen

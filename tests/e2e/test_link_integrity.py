@@ -1,0 +1,109 @@
+"""Link integrity: after load, every exemplar Prometheus holds and every trace id of an ERROR log
+line names a trace the trace store has, at the default sampling and at 10%.
+
+The figures (exemplars checked, found, and the same for ERROR log lines) are printed: `make test`
+output is where the README's numbers come from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+from harness import StackUnderTest, require
+
+from generator.workload import Workload
+from mlobs import config, envfile, sampling
+from mlobs.render import ROOT
+
+pytestmark = pytest.mark.e2e
+
+MIN_EXEMPLARS = 200
+SELECTORS = ("ml_request_duration_seconds_bucket{{job=\"{svc}\"}}",
+             "ml_stage_duration_seconds_bucket{{job=\"{svc}\"}}",
+             "traces_spanmetrics_duration_seconds_bucket{{service_name=\"{svc}\"}}")
+
+
+def _load(sut: StackUnderTest, n: int, seed: int) -> dict[str, Any]:
+    """n requests, a share of them failing (the errors fault on inference at 10%)."""
+    work = Workload(seed=seed, batch_share=0.0)
+    codes: dict[str, int] = {}
+    with sut.fault(fault="errors", stage="inference", rate=0.1):
+        for _ in range(n):
+            r, tid, _ = sut.predict(work.single().body)
+            codes[tid] = r.status_code
+    return {"sent": set(codes), "codes": codes, "failed": sum(c >= 500 for c in codes.values())}
+
+
+def _exemplar_ids(sut: StackUnderTest, since: float) -> dict[str, set[str]]:
+    out = {}
+    for sel in SELECTORS:
+        q = sel.format(svc=sut.service_name)
+        r = httpx.get(f"{sut.url('prometheus')}/api/v1/query_exemplars", timeout=20,
+                      params={"query": q, "start": since, "end": time.time() + 60})
+        r.raise_for_status()
+        out[q] = {e["labels"]["trace_id"] for s in r.json()["data"] for e in s["exemplars"]
+                  if e["labels"].get("trace_id")}
+    return out
+
+
+def check_links(sut: StackUnderTest, n: int, seed: int) -> dict[str, Any]:
+    require(sut, ("prometheus", "traces", "logs"))
+    since = time.time() - 5
+    facts = _load(sut, n, seed)
+    # Long enough for the tail-sampling decision, the exporters' batches and a metric export.
+    pct = sut.stack.sampling.effective_percentage
+    deadline = time.monotonic() + 90
+    while True:
+        by_selector = _exemplar_ids(sut, since)
+        exemplars = set().union(*by_selector.values())
+        if len(exemplars) >= MIN_EXEMPLARS or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    error_logs = {ln.trace_id for ln in sut.log_lines(severity="ERROR", window=time.time() - since + 60)
+                  if ln.trace_id}
+    wanted = exemplars | error_logs
+    missing = set(wanted)
+    deadline = time.monotonic() + 60
+    while missing and time.monotonic() < deadline:
+        missing = {t for t in missing if not sut.trace(t)}
+        if missing:
+            time.sleep(3)
+    figures = {
+        "sampling %": pct, "requests": n, "failed": facts["failed"],
+        "exemplars": len(exemplars), "exemplars found": len(exemplars - missing),
+        "per selector": {k: len(v) for k, v in by_selector.items()},
+        "ERROR log trace ids": len(error_logs), "ERROR log traces found": len(error_logs - missing),
+        "sent traces kept by chance": sum(sampling.kept_by_chance(t, pct) for t in facts["sent"]),
+    }
+    print(f"link integrity ({sut.traces.name}, {sut.logs.name}): {figures}")
+    assert len(exemplars) >= MIN_EXEMPLARS, figures
+    assert error_logs, figures
+    assert not missing, {"missing": sorted(missing)[:10], **figures}
+    if pct < 100:
+        # The share is really in effect: healthy fast traces the rule drops are not stored.
+        dropped = [t for t, c in facts["codes"].items() if c == 200 and not sampling.kept_by_chance(t, pct)][:30]
+        stored = [t for t in dropped if sut.trace(t)]
+        figures["healthy traces the rule drops, found stored"] = f"{len(stored)}/{len(dropped)}"
+        print(f"link integrity: {figures}")
+        assert len(stored) <= len(dropped) // 10, figures  # only the odd slow one is kept
+    return figures
+
+
+def test_every_exemplar_and_error_log_resolves_at_the_default_sampling(sut: StackUnderTest) -> None:
+    check_links(sut, 400, seed=71)
+
+
+def test_every_exemplar_and_error_log_resolves_at_10_percent(start_native_stack, tmp_path_factory) -> None:
+    """A second native stack, on ports 10000 above the test stack's, keeping 10% of the healthy
+    traces: the exemplars and log lines of the others must not link to them."""
+    data = config._merge(config._read(ROOT / "stack.yaml"), config._read(ROOT / "tests" / "stack.test.yaml"))
+    data["ports"] = {k: v + 10000 for k, v in data["ports"].items()}
+    data["sampling"]["percentage"] = 10
+    stack = config.parse(data, "stack.yaml + tests/stack.test.yaml + 10% sampling")
+    with start_native_stack(stack, tmp_path_factory.mktemp("native-stack-10pct")) as running:
+        healthy = {n for n, h in running.health.items() if h.healthy}
+        other = StackUnderTest(stack, envfile.read(running.state.env_file), healthy, dict(running.plan.missing))
+        check_links(other, 600, seed=72)
