@@ -326,6 +326,7 @@ REGISTRY: tuple[Component, ...] = (
         "jaeger", "stores traces (Badger on disk), answers trace-by-id, search and dependencies",
         ports=(Port("jaeger", 16686, 16686),
                Port("jaeger_otlp_grpc", 4317, 4427, publish=False, native_only=True),
+               Port("jaeger_grpc", 16685, 16685, publish=False, native_only=True),
                Port("jaeger_health", 13133, 13134, publish=False, native_only=True),
                Port("jaeger_metrics", 8888, 8889, publish=False, native_only=True)),
         health=Health("jaeger_health", "/status", "sidecar"),

@@ -96,6 +96,24 @@ def spans_from_otlp(resource_spans: list[dict[str, Any]]) -> list[Span]:
     return out
 
 
+def service_edges(spans: list[Span]) -> set[tuple[str, str]]:
+    """The calls between services that one trace shows: a CLIENT span's service to the service of
+    its child SERVER span, or to its ``peer.service`` (an uninstrumented peer), as the collector's
+    servicegraph connector pairs them."""
+    by_id = {s.span_id: s for s in spans}
+    edges = set()
+    for s in spans:
+        if s.kind == "SERVER" and s.parent_span_id in by_id:
+            parent = by_id[s.parent_span_id]
+            if parent.kind == "CLIENT" and parent.service != s.service:
+                edges.add((parent.service, s.service))
+    for s in spans:
+        peer = s.attributes.get("peer.service")
+        if s.kind == "CLIENT" and peer:
+            edges.add((s.service, str(peer)))
+    return edges
+
+
 class TraceStore(Protocol):
     name: str
     base: str

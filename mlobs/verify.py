@@ -17,9 +17,10 @@ from typing import Any
 
 import httpx
 
+from mlobs import components, render, sampling, stores
 from mlobs.config import Stack
+from mlobs.contract import STAGE_DURATION_SECONDS, STAGES
 
-STAGES = ("validation", "feature_extraction", "inference", "postprocessing")
 SAMPLE_PAYLOAD = {"patient_id": "P00042", "features": {"mean_radius": 17.99, "mean_texture": 10.38}}
 
 OK, MISSING, NOT_RUNNING, UNAVAILABLE = "ok", "missing", "not running", "unavailable"
@@ -27,27 +28,34 @@ OK, MISSING, NOT_RUNNING, UNAVAILABLE = "ok", "missing", "not running", "unavail
 
 @dataclass
 class Endpoints:
-    """Base URLs of a running stack as seen from this host."""
+    """Base URLs of a running stack as seen from this host, and the stores that answer."""
 
     service: str
     prometheus: str
     collector_metrics: str
-    loki: str
-    tempo: str
     grafana: str
+    traces: stores.TraceStore | None
+    logs: stores.LogStore | None
+    grafana_up: bool = False
     service_name: str = "mlobs-inference"
 
     @classmethod
     def from_stack(cls, stack: Stack) -> Endpoints:
-        p = stack.ports
+        """Probe each store's health endpoint (docker and native both publish on 127.0.0.1 at
+        stack.yaml's ports): the stores that answer are the ones the links are looked up in."""
+        everything = render.native_target(stack, render.BACKENDS)
+        answering = {c.name for c in components.REGISTRY if c.name in render.BACKENDS
+                     and answers(components.health_url(everything, c, stack))}
+        target = render.native_target(stack, answering)
         sample = stack.sample_service
         return cls(
-            service=f"http://127.0.0.1:{p.inference}",
-            prometheus=f"http://127.0.0.1:{p.prometheus}",
-            collector_metrics=f"http://127.0.0.1:{p.collector_metrics}",
-            loki=f"http://127.0.0.1:{p.loki}",
-            tempo=f"http://127.0.0.1:{p.tempo}",
-            grafana=f"http://127.0.0.1:{p.grafana}",
+            service=f"http://{target.connect('inference')}",
+            prometheus=f"http://{target.connect('prometheus')}",
+            collector_metrics=f"http://{target.connect('collector_metrics')}",
+            grafana=f"http://{target.connect('grafana')}",
+            traces=stores.trace_store(target),
+            logs=stores.log_store(target),
+            grafana_up="grafana" in answering,
             service_name=sample.name if sample else "mlobs-inference",
         )
 
@@ -84,7 +92,9 @@ def explore_url(grafana: str, uid: str, query: dict[str, Any]) -> str:
 def send_request(ep: Endpoints) -> Request:
     trace_id = secrets.token_hex(16)
     request_id = f"verify-{secrets.token_hex(6)}"
-    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "X-Request-ID": request_id}
+    # The keep marker: whatever the sampling share, this request's trace is kept, with detail spans.
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "X-Request-ID": request_id,
+               "baggage": f"{sampling.DEBUG_BAGGAGE}=1", sampling.DEBUG_HEADER: "1"}
     r = httpx.post(f"{ep.service}/predict", json=SAMPLE_PAYLOAD, headers=headers, timeout=10)
     r.raise_for_status()
     if r.headers.get("X-Request-ID") != request_id:
@@ -124,24 +134,23 @@ def checks(ep: Endpoints, req: Request) -> list[tuple[str, Callable[[], Link | N
     """Each link: a name and a probe that returns a final Link, or None to retry."""
     name, tid, rid = ep.service_name, req.trace_id, req.request_id
     prom_up = answers(f"{ep.prometheus}/-/ready")
-    tempo_up = answers(f"{ep.tempo}/ready")
-    loki_up = answers(f"{ep.loki}/ready")
     out: list[tuple[str, Callable[[], Link | None]]] = []
+    trace_label = f"trace in {ep.traces.name}" if ep.traces else "trace"
+    stored: dict[str, list[stores.Span]] = {}
 
     def trace() -> Link | None:
-        if not tempo_up:
-            return Link("trace in Tempo", NOT_RUNNING, f"Tempo does not answer at {ep.tempo}")
-        r = httpx.get(f"{ep.tempo}/api/v2/traces/{tid}", timeout=5)
-        if r.status_code != 200:
+        if ep.traces is None:
+            return Link(trace_label, NOT_RUNNING, "no trace store answers (Tempo or Jaeger)")
+        spans = ep.traces.trace(tid)
+        if not spans:
             return None
-        text = r.text
-        missing = [s for s in STAGES if f'"{s}"' not in text]
-        if missing:
+        names = {sp.name for sp in spans}
+        if not set(STAGES) <= names:
             return None
-        return Link("trace in Tempo", OK, f"trace {tid} with spans {', '.join(STAGES)}",
-                    explore_url(ep.grafana, "tempo", {"queryType": "traceql", "query": tid}))
+        stored["spans"] = spans
+        return Link(trace_label, OK, f"trace {tid} with spans {', '.join(STAGES)}", trace_link(ep, tid))
 
-    out.append(("trace in Tempo", trace))
+    out.append((trace_label, trace))
 
     def exemplar(metric: str, label: str) -> Callable[[], Link | None]:
         def probe() -> Link | None:
@@ -151,7 +160,7 @@ def checks(ep: Endpoints, req: Request) -> list[tuple[str, Callable[[], Link | N
             if not series:
                 return None
             return Link(label, OK, f"{metric} exemplar trace_id={tid}",
-                        explore_url(ep.grafana, "prometheus", {"expr": f'{metric}{{job="{name}"}}', "exemplar": True}))
+                        metric_link(ep, f'{metric}{{job="{name}"}}'))
         return probe
 
     out.append(("request latency exemplar", exemplar("ml_request_duration_seconds_bucket", "request latency exemplar")))
@@ -165,20 +174,19 @@ def checks(ep: Endpoints, req: Request) -> list[tuple[str, Callable[[], Link | N
             if not _exemplar_series(ep, q, tid):
                 return None
             return Link(label, OK, f"series with an exemplar of trace {tid}",
-                        explore_url(ep.grafana, "prometheus", {"expr": q, "exemplar": True}))
+                        metric_link(ep, q))
         out.append((f"span metrics: {stage}", stage_probe))
 
     def stage_exemplars() -> Link | None:
         label = "stage latency exemplars"
         if not prom_up:
             return Link(label, NOT_RUNNING, "Prometheus does not answer")
-        series = _exemplar_series(ep, f'ml_stage_duration_seconds_bucket{{job="{name}"}}', tid)
+        series = _exemplar_series(ep, f'{STAGE_DURATION_SECONDS}_bucket{{job="{name}"}}', tid)
         stages = {s.get("ml_stage") for s in series}
         if not set(STAGES) <= stages:
             return None
-        return Link(label, OK, f"ml_stage_duration_seconds exemplars for {', '.join(STAGES)}",
-                    explore_url(ep.grafana, "prometheus",
-                                {"expr": f'ml_stage_duration_seconds_bucket{{job="{name}"}}', "exemplar": True}))
+        return Link(label, OK, f"{STAGE_DURATION_SECONDS} exemplars for {', '.join(STAGES)}",
+                    metric_link(ep, f'{STAGE_DURATION_SECONDS}_bucket{{job="{name}"}}'))
 
     out.append(("stage latency exemplars", stage_exemplars))
 
@@ -191,33 +199,33 @@ def checks(ep: Endpoints, req: Request) -> list[tuple[str, Callable[[], Link | N
         if rows:
             edges = sorted({f'{r["metric"].get("client")} -> {r["metric"].get("server")}' for r in rows})
             return Link(label, OK, "; ".join(edges),
-                        explore_url(ep.grafana, "tempo", {"queryType": "serviceMap"}))
+                        explore_url(ep.grafana, ep.traces.name if ep.traces else "tempo",
+                                    {"queryType": "serviceMap"}))
         if "servicegraph" not in _collector_components(ep):
-            return Link(label, UNAVAILABLE, "this collector has no servicegraph connector "
-                        "(the native build lacks it: see README, 'What is verified where')")
+            # No connector (the native build): the edges of this request, from its stored trace.
+            edges = sorted(stores.service_edges(stored.get("spans", [])))
+            if edges:
+                return Link(label, OK, "from the stored trace (no servicegraph connector here): "
+                            + "; ".join(f"{a} -> {b}" for a, b in edges), trace_link(ep, tid))
+            if ep.traces is None:
+                return Link(label, UNAVAILABLE, "no servicegraph connector and no trace store to read edges from")
+            return None
         return None
 
     out.append(("service graph", graph))
 
     def logs() -> Link | None:
         label = "logs with the trace id"
-        if not loki_up:
-            return Link(label, NOT_RUNNING, f"Loki does not answer at {ep.loki}")
-        q = f'{{service_name="{name}"}} | trace_id="{tid}"'
-        now = time.time_ns()
-        r = httpx.get(f"{ep.loki}/loki/api/v1/query_range", timeout=5,
-                      params={"query": q, "start": now - 900 * 10**9, "end": now + 60 * 10**9, "limit": 100})
-        if r.status_code != 200:
-            return None
-        streams = r.json()["data"]["result"]
-        lines = [v for s in streams for v in s["values"]]
+        if ep.logs is None:
+            return Link(label, NOT_RUNNING, "no log store answers (Loki or VictoriaLogs)")
+        lines = ep.logs.lines(name, trace_id=tid, limit=100)
         if not lines:
             return None
-        with_rid = [s for s in streams if s["stream"].get("request_id") == rid]
+        with_rid = [ln for ln in lines if ln.request_id == rid]
         if not with_rid:
             return Link(label, MISSING, f"{len(lines)} log lines carry the trace id but none request_id={rid}")
-        return Link(label, OK, f"{len(lines)} log lines with trace_id and request_id={rid}",
-                    explore_url(ep.grafana, "loki", {"expr": q}))
+        return Link(label, OK, f"{len(lines)} log lines in {ep.logs.name} with trace_id and request_id={rid}",
+                    log_link(ep, name, tid))
 
     out.append(("logs with the trace id", logs))
     return out
@@ -255,6 +263,35 @@ def verify(ep: Endpoints, timeout: float = 90,
     return req, links
 
 
+def metric_link(ep: Endpoints, expr: str) -> str:
+    """Grafana Explore with exemplars, or Prometheus' exemplar API without Grafana."""
+    if ep.grafana_up:
+        return explore_url(ep.grafana, "prometheus", {"expr": expr, "exemplar": True})
+    return f"{ep.prometheus}/api/v1/query_exemplars?query=" + urllib.parse.quote(expr)
+
+
+def trace_link(ep: Endpoints, trace_id: str) -> str:
+    """Where a person opens the trace: Grafana Explore, or the store's own UI/API without Grafana."""
+    assert ep.traces is not None
+    if ep.grafana_up:
+        query = {"queryType": "traceql", "query": trace_id} if ep.traces.name == "tempo" else {"query": trace_id}
+        return explore_url(ep.grafana, ep.traces.name, query)
+    if ep.traces.name == "jaeger":
+        return f"{ep.traces.base}/api/v3/traces/{trace_id}"
+    return f"{ep.traces.base}/api/v2/traces/{trace_id}"
+
+
+def log_link(ep: Endpoints, service: str, trace_id: str) -> str:
+    assert ep.logs is not None
+    query = ep.logs.query(service, trace_id=trace_id)
+    if ep.grafana_up:
+        return explore_url(ep.grafana, ep.logs.name, {"expr": query})
+    if ep.logs.name == "victorialogs":
+        return f"{ep.logs.base}/select/vmui/#/?query=" + urllib.parse.quote(query)
+    return f"{ep.logs.base}/loki/api/v1/query_range?query=" + urllib.parse.quote(query)
+
+
 def link_order() -> list[str]:
-    return ["trace in Tempo", "request latency exemplar", *[f"span metrics: {s}" for s in STAGES],
+    return ["trace", "trace in tempo", "trace in jaeger", "request latency exemplar",
+            *[f"span metrics: {s}" for s in STAGES],
             "stage latency exemplars", "service graph", "logs with the trace id"]

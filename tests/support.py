@@ -15,7 +15,8 @@ SHARED = ROOT.parent / "shared"
 
 # binary -> the stack.yaml component whose version it is built at
 COMPONENT_OF = {"otelcol-mlobs": "otel-collector", "prometheus": "prometheus", "promtool": "prometheus",
-                "alertmanager": "alertmanager", "amtool": "alertmanager"}
+                "alertmanager": "alertmanager", "amtool": "alertmanager", "jaeger": "jaeger",
+                "victoria-logs": "victorialogs"}
 
 
 def binary(name: str) -> Path | None:

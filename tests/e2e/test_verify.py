@@ -7,6 +7,7 @@ import pytest
 from harness import StackUnderTest, require
 
 from mlobs import verify
+from mlobs.contract import STAGES
 
 pytestmark = pytest.mark.e2e
 
@@ -19,13 +20,19 @@ def test_verify_follows_one_request_across_the_signals(sut: StackUnderTest) -> N
     by_name = {link.name: link for link in links}
     missing = [f"{link.name}: {link.detail}" for link in links if link.status == verify.MISSING]
     assert not missing, missing
-    for stage in verify.STAGES:
+    for stage in STAGES:
         assert by_name[f"span metrics: {stage}"].status == verify.OK
     assert by_name["request latency exemplar"].status == verify.OK
     assert by_name["stage latency exemplars"].status == verify.OK
-    for name, component in (("trace in Tempo", "tempo"), ("logs with the trace id", "loki")):
-        expected = verify.OK if sut.has(component) else verify.NOT_RUNNING
-        assert by_name[name].status == expected, by_name[name]
+    traces, logs = sut.traces, sut.logs
+    trace_link = f"trace in {traces.name}" if traces else "trace"
+    assert by_name[trace_link].status == (verify.OK if traces else verify.NOT_RUNNING), by_name[trace_link]
+    assert by_name["logs with the trace id"].status == (verify.OK if logs else verify.NOT_RUNNING)
+    if traces:
+        # With a trace store every link is found: the service graph from the connector or, natively,
+        # from the stored trace's CLIENT span to the feature store.
+        assert by_name["service graph"].status == verify.OK, by_name["service graph"]
+        assert "mlobs-feature-store" in by_name["service graph"].detail
     for link in links:
         if link.status != verify.OK:
             print(f"verify: {link.name}: {link.status}: {link.detail}")

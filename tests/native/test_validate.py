@@ -61,3 +61,35 @@ def test_amtool_checks_the_alertmanager_config(native_dir: Path) -> None:
     for path in (native_dir / "alertmanager/alertmanager.yml", ROOT / "alertmanager/alertmanager.yml"):
         r = run(amtool, "check-config", path)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("pct", [100, 10])
+def test_collector_validates_the_keep_rule_below_100_percent(tmp_path: Path, pct: int) -> None:
+    """The OTTL of the keep rule (tail policy, exemplar and log transforms) is parsed by the real
+    collector at a share below 100% too."""
+    otelcol = need_binary("otelcol-mlobs")
+    data = config._merge(config._read(ROOT / "stack.yaml"), {"sampling": {"percentage": pct}})
+    target = render.native_target(config.parse(data), render.BACKENDS, tmp_path / "native", tmp_path / "data")
+    render.write(render.render(target), tmp_path / "native")
+    r = run(otelcol, "validate", f"--config={tmp_path / 'native/otel-collector/config.yaml'}")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("where", ["native", "compose"])
+def test_jaeger_validates_its_config(tmp_path: Path, where: str) -> None:
+    jaeger = need_binary("jaeger")
+    if where == "native":
+        text = render.render(render.native_target(STACK, render.BACKENDS, tmp_path / "n", tmp_path / "d"))
+    else:
+        text = render.render(render.compose_target(STACK))
+    cfg = tmp_path / "jaeger.yaml"
+    cfg.write_text(text["jaeger/config.yaml"])
+    r = run(jaeger, "validate", f"--config={cfg}")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_jaeger_validate_rejects_a_broken_config(tmp_path: Path) -> None:
+    jaeger = need_binary("jaeger")
+    cfg = tmp_path / "jaeger.yaml"
+    cfg.write_text((ROOT / "jaeger/config.yaml").read_text().replace("ephemeral:", "ephemerall:"))
+    assert run(jaeger, "validate", f"--config={cfg}").returncode != 0
