@@ -42,7 +42,7 @@ render: venv ## render every config and dashboard from stack.yaml
 	$(BIN)/mlobs render
 	$(BIN)/python -m mlobs.dashboards
 
-native-deps: venv ## build collector, Prometheus, Alertmanager (+ promtool, amtool) from the Go module proxy
+native-deps: venv ## build collector, Prometheus, Alertmanager, Jaeger, VictoriaLogs (+ promtool, amtool) from the Go module proxy
 	$(BIN)/mlobs native-deps
 
 querycheck-deps: ## install the LogQL/TraceQL grammars from npm

@@ -289,7 +289,7 @@ def _build_native(s: config.Stack, only: list[str] | None = None) -> None:
 @app.command(name="native-deps")
 def native_deps(stack: StackOpt = ROOT / "stack.yaml",
                 only: Annotated[list[str] | None, typer.Option(help="build only these binaries")] = None) -> None:
-    """Build the collector, Prometheus, promtool, Alertmanager and amtool from the Go module proxy."""
+    """Build the collector, Prometheus, promtool, Alertmanager, amtool, Jaeger and VictoriaLogs from the Go module proxy."""
     _build_native(_load(stack), only)
 
 

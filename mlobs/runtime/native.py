@@ -235,7 +235,8 @@ def wait_healthy(stack: Stack, state: State, names: list[str], timeout: float,
         states = program_states(state)
         for name in sorted(pending):
             st = states.get(name, "UNKNOWN")
-            if st in ("FATAL", "EXITED", "BACKOFF", "STOPPED"):
+            # BACKOFF is not final: supervisord retries (startretries) before it gives up (FATAL).
+            if st in ("FATAL", "EXITED", "STOPPED"):
                 result[name] = Health(name, urls[name], st, False, "died: see `make logs`")
                 pending.discard(name)
                 continue
