@@ -45,11 +45,13 @@ from analyzer.detect import ROBUST_THRESHOLD, SIGMA_THRESHOLD, Anomaly, detect
 from analyzer.links import build_links, quote_value
 from analyzer.models import Finding, FindingKind, Incident, WebhookAlert
 from analyzer.prometheus import PrometheusAPI, RangeSeries, Sample
+from analyzer.settings import Settings
 
-RECENT_SECONDS = 300
-BASELINE_SECONDS = 3600
-STEP_SECONDS = 60
-RATE_WINDOW = "5m"
+# The defaults of the windows: stack.yaml's, through the analyzer's settings.
+RECENT_SECONDS = Settings.recent_seconds
+BASELINE_SECONDS = Settings.baseline_seconds
+STEP_SECONDS = Settings.step_seconds
+RATE_WINDOW = Settings.rate_window
 DEPLOY_WINDOW = "15m"
 # An alert analysed long after it started (a repeated notification) is still judged at its start.
 ANCHOR_SECONDS = 600
@@ -316,9 +318,9 @@ class RootCauseAnalyzer:
         *,
         grafana_url: str,
         tracer: trace.Tracer | None = None,
-        recent_seconds: int = RECENT_SECONDS,
-        baseline_seconds: int = BASELINE_SECONDS,
-        step_seconds: int = STEP_SECONDS,
+        recent_seconds: float = RECENT_SECONDS,
+        baseline_seconds: float = BASELINE_SECONDS,
+        step_seconds: float = STEP_SECONDS,
         rate_window: str = RATE_WINDOW,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -334,8 +336,8 @@ class RootCauseAnalyzer:
     @property
     def window(self) -> str:
         return (
-            f"the latest point against the {self.baseline_seconds // 60}m before the last "
-            f"{self.recent_seconds // 60}m (step {self.step_seconds}s)"
+            f"the latest point against the {self.baseline_seconds / 60:g}m before the last "
+            f"{self.recent_seconds / 60:g}m (step {self.step_seconds:g}s)"
         )
 
     # ---- querying
@@ -375,7 +377,7 @@ class RootCauseAnalyzer:
 
     def _candidates(self, target: Target, ranged: dict[str, list[RangeSeries]]) -> dict[tuple[str, str], _Candidate]:
         queries = promql(target, rate_window=self.rate_window)
-        recent_points = max(1, self.recent_seconds // self.step_seconds)
+        recent_points = max(1, round(self.recent_seconds / self.step_seconds))
         model = target.model_name or target.job or "model"
         candidates: dict[tuple[str, str], _Candidate] = {}
         for signal in SIGNALS:

@@ -6,13 +6,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mlobs.config import Alerts, AnalyzerSettings, Ports
+
+# The defaults are stack.yaml's (mlobs/config.py); the stack passes the values it loaded.
+_WINDOWS = AnalyzerSettings()
+_PORTS = Ports()
+
 
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
-    port: int = 8010
-    prometheus_url: str = "http://127.0.0.1:9090"
-    grafana_url: str = "http://127.0.0.1:3000"
+    port: int = _PORTS.analyzer
+    prometheus_url: str = f"http://127.0.0.1:{_PORTS.prometheus}"
+    grafana_url: str = f"http://127.0.0.1:{_PORTS.grafana}"
     # Where a person's browser reaches Grafana, for the Explore links (in compose, not grafana:3000).
     grafana_public_url: str | None = None
     grafana_user: str = "admin"
@@ -21,11 +27,12 @@ class Settings:
     max_incidents: int = 200
     query_timeout: float = 5.0
     # The RCA compares the last `recent_seconds` with the `baseline_seconds` before them, at
-    # `step_seconds`, over rates of `rate_window` (stack.yaml: analyzer, alerts.rate_window).
-    recent_seconds: int = 300
-    baseline_seconds: int = 3600
-    step_seconds: int = 60
-    rate_window: str = "5m"
+    # `step_seconds` (fractional below a second), over rates of `rate_window` (stack.yaml:
+    # analyzer, alerts.rate_window; mlobs/render.py analyzer_env sets the variables).
+    recent_seconds: float = _WINDOWS.recent_window.seconds
+    baseline_seconds: float = _WINDOWS.baseline_window.seconds
+    step_seconds: float = _WINDOWS.step.seconds
+    rate_window: str = str(Alerts().rate_window)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,8 +61,8 @@ class Settings:
             grafana_token=env.get("MLOBS_GRAFANA_TOKEN") or None,
             max_incidents=int(number("MLOBS_ANALYZER_MAX_INCIDENTS", cls.max_incidents, int)),
             query_timeout=number("MLOBS_ANALYZER_QUERY_TIMEOUT", cls.query_timeout, float),
-            recent_seconds=int(number("MLOBS_ANALYZER_RECENT_SECONDS", cls.recent_seconds, int)),
-            baseline_seconds=int(number("MLOBS_ANALYZER_BASELINE_SECONDS", cls.baseline_seconds, int)),
-            step_seconds=int(number("MLOBS_ANALYZER_STEP_SECONDS", cls.step_seconds, int)),
+            recent_seconds=number("MLOBS_ANALYZER_RECENT_SECONDS", cls.recent_seconds, float),
+            baseline_seconds=number("MLOBS_ANALYZER_BASELINE_SECONDS", cls.baseline_seconds, float),
+            step_seconds=number("MLOBS_ANALYZER_STEP_SECONDS", cls.step_seconds, float),
             rate_window=env.get("MLOBS_ANALYZER_RATE_WINDOW") or cls.rate_window,
         )

@@ -8,10 +8,44 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import core_schema
 
 from mlobs import components as registry
 
-Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h|d|w|y))+$")]
+
+class Duration(str):
+    """Every duration of stack.yaml, in Prometheus's form: whole numbers with units from ``y`` down
+    to ``ms``, each at most once and in that order (``90s``, ``1h30m``, ``500ms``).
+
+    It stays the text the user wrote, which is what the rendered Prometheus, Alertmanager, Loki and
+    Tempo configs get; ``seconds`` is its length, fractional below a second (``500ms`` is 0.5).
+    """
+
+    _MS = {"y": 31_536_000_000, "w": 604_800_000, "d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
+    PATTERN = "^(?!$)" + "".join(f"([0-9]+{unit})?" for unit in _MS) + "$"
+    ALLOWED = "whole numbers with units in the order y, w, d, h, m, s, ms (e.g. 90s, 1h30m, 500ms)"
+
+    def __new__(cls, text: object) -> Duration:
+        if not isinstance(text, str) or not re.fullmatch(cls.PATTERN, text):
+            raise ValueError(f"{text!r} is not a duration: write {cls.ALLOWED}")
+        return super().__new__(cls, text)
+
+    @property
+    def seconds(self) -> float:
+        return sum(int(n) * self._MS[unit] for n, unit in re.findall(r"([0-9]+)(ms|[ywdhms])", self)) / 1000
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(cls, serialization=core_schema.to_string_ser_schema())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        return {"type": "string", "pattern": cls.PATTERN}
+
+
+# A Duration dumps as the plain string it is, wherever a rendered YAML file holds one.
+yaml.SafeDumper.add_representer(Duration, yaml.SafeDumper.represent_str)
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 Signal = Literal["traces", "metrics", "logs"]
@@ -21,7 +55,8 @@ COMPONENTS = registry.pins()
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # validate_default: a default duration is a Duration too, like one written in stack.yaml.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class Component(Strict):
@@ -192,11 +227,17 @@ class AnalyzerSettings(Strict):
     baseline_window: Duration = Field("1h", description="What the recent window is compared with")
     step: Duration = Field("60s", description="Resolution of the RCA's range queries")
 
+    @field_validator("recent_window", "baseline_window", "step")
+    @classmethod
+    def _positive(cls, v: Duration) -> Duration:
+        if not v.seconds:
+            raise ValueError(f"must be longer than 0, got {v!r}")
+        return v
 
-def seconds(duration: str) -> int:
-    """A Prometheus duration (e.g. 1h30m) in whole seconds."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-    return int(sum(float(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", duration)))
+
+def seconds(duration: str) -> float:
+    """A duration of stack.yaml (e.g. 1h30m, 500ms) in seconds: ``Duration(duration).seconds``."""
+    return Duration(duration).seconds
 
 
 class GrafanaSettings(Strict):

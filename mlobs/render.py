@@ -272,13 +272,18 @@ def context(target: Target) -> dict[str, Any]:
 
 
 def analyzer_env(stack: Stack) -> dict[str, str]:
-    """The analyzer's windows, from stack.yaml (analyzer, alerts.rate_window)."""
+    """The analyzer's windows, from stack.yaml (analyzer, alerts.rate_window), as analyzer/settings.py
+    reads them: seconds, fractional below a second (``300``, ``0.5``), and the rate window's text."""
     a = stack.analyzer
+
+    def in_seconds(duration: str) -> str:
+        return f"{seconds(duration):.3f}".rstrip("0").rstrip(".")
+
     return {
-        "MLOBS_ANALYZER_RECENT_SECONDS": str(seconds(a.recent_window)),
-        "MLOBS_ANALYZER_BASELINE_SECONDS": str(seconds(a.baseline_window)),
-        "MLOBS_ANALYZER_STEP_SECONDS": str(seconds(a.step)),
-        "MLOBS_ANALYZER_RATE_WINDOW": stack.alerts.rate_window,
+        "MLOBS_ANALYZER_RECENT_SECONDS": in_seconds(a.recent_window),
+        "MLOBS_ANALYZER_BASELINE_SECONDS": in_seconds(a.baseline_window),
+        "MLOBS_ANALYZER_STEP_SECONDS": in_seconds(a.step),
+        "MLOBS_ANALYZER_RATE_WINDOW": str(stack.alerts.rate_window),
     }
 
 

@@ -22,7 +22,7 @@ MODEL = "breast-cancer-classifier"
 LABELS = {"job": JOB, "ml_model_name": MODEL, "ml_model_version": "1"}
 TARGET = rca.Target(JOB, MODEL, "1")
 # 1h of baseline plus 5m of recent points at a 60s step, as the analyzer asks.
-POINTS = (rca.BASELINE_SECONDS + rca.RECENT_SECONDS) // rca.STEP_SECONDS + 1
+POINTS = grid_size(0, rca.BASELINE_SECONDS + rca.RECENT_SECONDS, rca.STEP_SECONDS)
 FAULT_POINTS = 6  # the fault began 6 minutes ago: the whole recent window, plus one point
 NOW = 1_800_000_000.0
 
