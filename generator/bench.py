@@ -36,6 +36,7 @@ import numpy as np
 from generator.telemetry import SERVICE_INFERENCE, disabled_telemetry
 from generator.train import train_version
 from generator.workload import Workload
+from mlobs.components import otlp_env_to
 
 COLLECTOR_BINARY = Path(".bin/otelcol-mlobs")
 
@@ -189,12 +190,9 @@ def run(requests: int = 2000, warmup: int = 200) -> int:
         else:
             destination = f"the collector at {endpoint}"
         on_env = {
+            **otlp_env_to(str(endpoint), SERVICE_INFERENCE, environment="bench"),
             "OTEL_SDK_DISABLED": "false",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": str(endpoint),
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
             "OTEL_TRACES_SAMPLER": "parentbased_always_on",
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=bench",
         }
         services = [
             start_service("off", common | {"OTEL_SDK_DISABLED": "true"}, tmp_dir),

@@ -146,13 +146,18 @@ class Place:
 def otlp_env(p: Place, service_name: str, export_interval_ms: int = 5000) -> dict[str, str]:
     """The OTEL_* variables that send a service's telemetry to this stack's collector, and the
     keep rule of tail sampling (mlobs/sampling.py) that mlobs.telemetry's exemplar filter applies."""
+    return {**otlp_env_to(p.url("otlp_http"), service_name, export_interval_ms), **sampling_env(p.stack)}
+
+
+def otlp_env_to(endpoint: str, service_name: str, export_interval_ms: int = 5000,
+                environment: str = "local") -> dict[str, str]:
+    """The OTEL_* variables for any OTLP/HTTP endpoint (the stack's collector, or a test sink)."""
     return {
         "OTEL_SERVICE_NAME": service_name,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": p.url("otlp_http"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_METRIC_EXPORT_INTERVAL": str(export_interval_ms),
-        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=local",
-        **sampling_env(p.stack),
+        "OTEL_RESOURCE_ATTRIBUTES": f"deployment.environment.name={environment}",
     }
 
 

@@ -7,7 +7,6 @@ retried until a deadline, with the Grafana Explore URL a person can open.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 import urllib.parse
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from mlobs import components, render, sampling, stores
+from mlobs import components, explore, render, sampling, stores
 from mlobs.config import Stack
 from mlobs.contract import STAGE_DURATION_SECONDS, STAGES
 
@@ -38,6 +37,7 @@ class Endpoints:
     logs: stores.LogStore | None
     grafana_up: bool = False
     service_name: str = "mlobs-inference"
+    health: dict[str, str] = field(default_factory=dict)  # component -> health URL (the registry's)
 
     @classmethod
     def from_stack(cls, stack: Stack) -> Endpoints:
@@ -57,6 +57,7 @@ class Endpoints:
             logs=stores.log_store(target),
             grafana_up="grafana" in answering,
             service_name=sample.name if sample else "mlobs-inference",
+            health={c.name: components.health_url(target, c, stack) for c in components.REGISTRY},
         )
 
 
@@ -80,13 +81,6 @@ def answers(url: str, timeout: float = 2.0) -> bool:
         return httpx.get(url, timeout=timeout).status_code < 500
     except httpx.HTTPError:
         return False
-
-
-def explore_url(grafana: str, uid: str, query: dict[str, Any]) -> str:
-    pane = {"datasource": uid, "queries": [{"refId": "A", "datasource": {"uid": uid}, **query}],
-            "range": {"from": "now-1h", "to": "now"}}
-    panes = json.dumps({"a": pane}, separators=(",", ":"))
-    return f"{grafana}/explore?schemaVersion=1&panes=" + urllib.parse.quote(panes)
 
 
 def send_request(ep: Endpoints) -> Request:
@@ -133,7 +127,7 @@ def _collector_components(ep: Endpoints) -> set[str]:
 def checks(ep: Endpoints, req: Request) -> list[tuple[str, Callable[[], Link | None]]]:
     """Each link: a name and a probe that returns a final Link, or None to retry."""
     name, tid, rid = ep.service_name, req.trace_id, req.request_id
-    prom_up = answers(f"{ep.prometheus}/-/ready")
+    prom_up = answers(ep.health["prometheus"])
     out: list[tuple[str, Callable[[], Link | None]]] = []
     trace_label = f"trace in {ep.traces.name}" if ep.traces else "trace"
     stored: dict[str, list[stores.Span]] = {}
@@ -198,9 +192,8 @@ def checks(ep: Endpoints, req: Request) -> list[tuple[str, Callable[[], Link | N
                            f'or traces_service_graph_request_total{{server="{name}"}}')
         if rows:
             edges = sorted({f'{r["metric"].get("client")} -> {r["metric"].get("server")}' for r in rows})
-            return Link(label, OK, "; ".join(edges),
-                        explore_url(ep.grafana, ep.traces.name if ep.traces else "tempo",
-                                    {"queryType": "serviceMap"}))
+            uid = ep.traces.name if ep.traces else "tempo"
+            return Link(label, OK, "; ".join(edges), explore.url(uid, explore.service_map(uid), grafana=ep.grafana))
         if "servicegraph" not in _collector_components(ep):
             # No connector (the native build): the edges of this request, from its stored trace.
             edges = sorted(stores.service_edges(stored.get("spans", [])))
@@ -233,8 +226,8 @@ def checks(ep: Endpoints, req: Request) -> list[tuple[str, Callable[[], Link | N
 
 def verify(ep: Endpoints, timeout: float = 90,
            progress: Callable[[str, float], None] | None = None) -> tuple[Request | None, list[Link]]:
-    if not answers(f"{ep.service}/healthz"):
-        return None, [Link("sample service", NOT_RUNNING, f"no answer at {ep.service}/healthz: `make up` first")]
+    if not answers(ep.health["inference"]):
+        return None, [Link("sample service", NOT_RUNNING, f"no answer at {ep.health['inference']}: `make up` first")]
     req = send_request(ep)
     pending = checks(ep, req)
     done: dict[str, Link] = {}
@@ -266,7 +259,7 @@ def verify(ep: Endpoints, timeout: float = 90,
 def metric_link(ep: Endpoints, expr: str) -> str:
     """Grafana Explore with exemplars, or Prometheus' exemplar API without Grafana."""
     if ep.grafana_up:
-        return explore_url(ep.grafana, "prometheus", {"expr": expr, "exemplar": True})
+        return explore.url("prometheus", explore.promql(expr, exemplar=True), grafana=ep.grafana)
     return f"{ep.prometheus}/api/v1/query_exemplars?query=" + urllib.parse.quote(expr)
 
 
@@ -274,8 +267,7 @@ def trace_link(ep: Endpoints, trace_id: str) -> str:
     """Where a person opens the trace: Grafana Explore, or the store's own UI/API without Grafana."""
     assert ep.traces is not None
     if ep.grafana_up:
-        query = {"queryType": "traceql", "query": trace_id} if ep.traces.name == "tempo" else {"query": trace_id}
-        return explore_url(ep.grafana, ep.traces.name, query)
+        return explore.url(ep.traces.name, explore.trace_id(ep.traces.name, trace_id), grafana=ep.grafana)
     if ep.traces.name == "jaeger":
         return f"{ep.traces.base}/api/v3/traces/{trace_id}"
     return f"{ep.traces.base}/api/v2/traces/{trace_id}"
@@ -285,7 +277,7 @@ def log_link(ep: Endpoints, service: str, trace_id: str) -> str:
     assert ep.logs is not None
     query = ep.logs.query(service, trace_id=trace_id)
     if ep.grafana_up:
-        return explore_url(ep.grafana, ep.logs.name, {"expr": query})
+        return explore.url(ep.logs.name, explore.logs(ep.logs.name, query), grafana=ep.grafana)
     if ep.logs.name == "victorialogs":
         return f"{ep.logs.base}/select/vmui/#/?query=" + urllib.parse.quote(query)
     return f"{ep.logs.base}/loki/api/v1/query_range?query=" + urllib.parse.quote(query)
