@@ -1,4 +1,5 @@
-"""TraceQL, LogQL and Grafana Explore URLs for a finding. Built as text; the analyzer never runs them.
+"""TraceQL, LogQL and Grafana Explore URLs (mlobs.explore) for a finding. Built as text; the
+analyzer never runs them.
 
 Datasource uids are fixed by the stack (``prometheus``, ``loki``, ``tempo``), so the URLs work in
 any mlobs Grafana.
@@ -6,10 +7,8 @@ any mlobs Grafana.
 
 from __future__ import annotations
 
-import json
-import urllib.parse
-
 from analyzer.models import Finding, Links
+from mlobs import explore
 
 DEFAULT_SLOW = 0.5
 
@@ -50,16 +49,6 @@ def logql(finding: Finding, job: str | None) -> str:
     return f'{stream} | severity_text=~"WARN|ERROR|CRITICAL"'
 
 
-def explore_url(grafana: str, uid: str, query: dict[str, object], start_ms: int, end_ms: int) -> str:
-    pane = {
-        "datasource": uid,
-        "queries": [{"refId": "A", "datasource": {"type": uid, "uid": uid}, **query}],
-        "range": {"from": str(start_ms), "to": str(end_ms)},
-    }
-    panes = urllib.parse.quote(json.dumps({"rca": pane}, separators=(",", ":")), safe="")
-    return f"{grafana.rstrip('/')}/explore?schemaVersion=1&orgId=1&panes={panes}"
-
-
 def build_links(
     finding: Finding,
     *,
@@ -72,17 +61,15 @@ def build_links(
 ) -> Links:
     trace_query = traceql(finding, job, model_version)
     log_query = logql(finding, job)
+
+    def url(uid: str, query: dict[str, object]) -> str:
+        return explore.url(uid, query, grafana=grafana, start=start_ms, end=end_ms, pane="rca")
+
     return Links(
         promql=promql,
-        prometheus_explore=explore_url(grafana, "prometheus", {"expr": promql, "range": True}, start_ms, end_ms),
+        prometheus_explore=url("prometheus", explore.promql(promql)),
         traceql=trace_query,
-        tempo_explore=explore_url(
-            grafana,
-            "tempo",
-            {"queryType": "traceql", "query": trace_query, "limit": 20, "tableType": "traces"},
-            start_ms,
-            end_ms,
-        ),
+        tempo_explore=url("tempo", explore.traceql(trace_query)),
         logql=log_query,
-        loki_explore=explore_url(grafana, "loki", {"expr": log_query, "queryType": "range"}, start_ms, end_ms),
+        loki_explore=url("loki", explore.logs("loki", log_query)),
     )

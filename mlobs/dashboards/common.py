@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import typing
 from collections.abc import Sequence
-from urllib.parse import quote
 
 from grafana_foundation_sdk.builders import (
     barchart,
@@ -35,11 +34,18 @@ from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
+from mlobs import explore
+
+
+def _datasource(uid: str) -> models.DataSourceRef:
+    return models.DataSourceRef(type_val=explore.DATASOURCE_TYPES[uid], uid=uid)
+
+
 # Datasource uids are fixed by the provisioning (grafana/provisioning/datasources) so that
 # dashboards and the links between signals can name them.
-PROMETHEUS = models.DataSourceRef(type_val="prometheus", uid="prometheus")
-LOKI = models.DataSourceRef(type_val="loki", uid="loki")
-TEMPO = models.DataSourceRef(type_val="tempo", uid="tempo")
+PROMETHEUS = _datasource("prometheus")
+LOKI = _datasource("loki")
+TEMPO = _datasource("tempo")
 FIXED_DATASOURCE_UIDS = frozenset({"prometheus", "loki", "tempo", "alertmanager"})
 
 TAG = "mlobs"
@@ -454,33 +460,23 @@ def alert_list_panel(title: str, description: str, *, width: int = 12, height: i
 
 
 def explore_link(title: str, datasource: models.DataSourceRef, query: dict[str, object]) -> dashboard.DashboardLink:
-    """A link that opens Explore on one query, over the dashboard's time range.
-
-    Grafana replaces $service and the like in the link before following it; the query JSON is
-    percent-encoded around them (`$` stays literal so the variables are still found).
-    """
-    pane = {
-        "mlobs": {
-            "datasource": datasource.uid,
-            "queries": [{"refId": "A", "datasource": {"type": datasource.type_val, "uid": datasource.uid}, **query}],
-            "range": {"from": "$__from", "to": "$__to"},
-        }
-    }
-    panes = quote(json.dumps(pane, separators=(",", ":"), sort_keys=True), safe="$")
+    """A link that opens Explore on one query, over the dashboard's time range; Grafana replaces
+    $service and the like in the link before following it."""
+    assert datasource.uid is not None
     return (
         dashboard.DashboardLink(title)
         .type(models.DashboardLinkType.LINK)
-        .url(f"/explore?schemaVersion=1&orgId=1&panes={panes}")
+        .url(explore.url(datasource.uid, query, start="$__from", end="$__to"))
         .target_blank(True)
     )
 
 
 def traces_link(title: str, query: str) -> dashboard.DashboardLink:
-    return explore_link(title, TEMPO, {"queryType": "traceql", "query": query, "limit": 20, "tableType": "traces"})
+    return explore_link(title, TEMPO, explore.traceql(query))
 
 
 def logs_link(title: str, expr: str) -> dashboard.DashboardLink:
-    return explore_link(title, LOKI, {"expr": expr, "queryType": "range"})
+    return explore_link(title, LOKI, explore.logs("loki", expr))
 
 
 def dashboards_link() -> dashboard.DashboardLink:

@@ -5,14 +5,16 @@ trace-to-metrics queries that only name metrics the telemetry contract promises.
 from __future__ import annotations
 
 import copy
+import json
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from mlobs import config, render
+from mlobs import config, explore, render, stores
 
 REPO = Path(__file__).resolve().parents[2]
 TELEMETRY = REPO / "generator" / "TELEMETRY.md"
@@ -264,3 +266,89 @@ def test_committed_provisioning_matches_render(tpl_dest: tuple[str, str], stack:
     assert committed.read_text() == render_file(render.compose_target(stack), tpl_dest), (
         f"{tpl_dest[1]} is stale: run `mlobs render`"
     )
+
+
+# --- Explore URLs (mlobs/explore.py): the dashboards' links, `mlobs verify`, the analyzer ----
+
+
+def panes_of(url: str) -> dict[str, Any]:
+    assert "/explore?schemaVersion=1&orgId=1&panes=" in url
+    return json.loads(urllib.parse.unquote(url.split("panes=", 1)[1]))
+
+
+@pytest.mark.parametrize(
+    "backends", [{"traces": "tempo", "logs": "loki"}, {"traces": "jaeger", "logs": "victorialogs"}],
+    ids=["tempo-loki", "jaeger-victorialogs"],
+)
+def test_explore_knows_the_type_of_every_provisioned_datasource(backends: dict[str, str]) -> None:
+    data = yaml.safe_load((REPO / "stack.yaml").read_text())
+    stack = config.parse({**data, "backends": backends})
+    doc = yaml.safe_load(render_file(render.compose_target(stack), DATASOURCES))
+    provisioned = {ds["uid"]: ds["type"] for ds in doc["datasources"]}
+    assert {uid: explore.DATASOURCE_TYPES[uid] for uid in provisioned} == provisioned
+
+
+def test_explore_url_holds_one_pane_with_the_query_and_range() -> None:
+    url = explore.url("loki", explore.logs("loki", '{service_name="a b"} |= "x/y#z"'),
+                      grafana="http://grafana:3000/", start=1000, end=2000)
+    assert url.startswith("http://grafana:3000/explore?")
+    assert " " not in url and "#" not in url and "/y" not in url, "the query is percent-encoded"
+    (pane,) = panes_of(url).values()
+    assert pane == {
+        "datasource": "loki",
+        "queries": [{"refId": "A", "datasource": {"type": "loki", "uid": "loki"},
+                     "expr": '{service_name="a b"} |= "x/y#z"', "queryType": "range"}],
+        "range": {"from": "1000", "to": "2000"},
+    }
+
+
+def test_explore_link_inside_grafana_keeps_dashboard_variables() -> None:
+    url = explore.url("tempo", explore.traceql('{ resource.service.name = "$service" }'), start="$__from", end="$__to")
+    assert url.startswith("/explore?")
+    assert "$service" in url and "$__from" in url and "$__to" in url
+
+
+@pytest.mark.parametrize(
+    ("uid", "query", "expected"),
+    [
+        ("tempo", explore.trace_id("tempo", "ab" * 16), {"queryType": "traceql", "query": "ab" * 16}),
+        ("jaeger", explore.trace_id("jaeger", "ab" * 16), {"query": "ab" * 16}),
+        ("victorialogs", explore.logs("victorialogs", "trace_id:x"), {"expr": "trace_id:x"}),
+        ("prometheus", explore.promql("up", exemplar=True), {"expr": "up", "range": True, "exemplar": True}),
+        ("tempo", explore.service_map("tempo"), {"queryType": "serviceMap"}),
+        ("jaeger", explore.service_map("jaeger"), {"queryType": "dependencyGraph"}),
+    ],
+)
+def test_explore_query_models_per_datasource(uid: str, query: dict[str, object], expected: dict[str, object]) -> None:
+    (pane,) = panes_of(explore.url(uid, query)).values()
+    (q,) = pane["queries"]
+    assert {k: v for k, v in q.items() if k not in ("refId", "datasource")} == expected
+    assert q["datasource"] == {"type": explore.DATASOURCE_TYPES[uid], "uid": uid}
+
+
+def test_explore_refuses_an_unknown_datasource() -> None:
+    with pytest.raises(ValueError, match="no datasource has uid 'lokii'"):
+        explore.url("lokii", explore.logs("loki", "{}"))
+
+
+def test_dashboards_analyzer_and_verify_build_explore_urls_alike() -> None:
+    from analyzer.links import build_links
+    from analyzer.models import Finding
+    from mlobs import verify
+    from mlobs.dashboards import build_all, iter_panels
+
+    traceql = '{ resource.service.name = "$service" && kind = server && (status = error || duration > 500ms) }'
+    links = [link["url"] for d in build_all().values() for p in iter_panels(d) for link in p.get("links", [])]
+    assert explore.url("tempo", explore.traceql(traceql), start="$__from", end="$__to") in links
+
+    finding = Finding(kind="errors", subject="inference", score=1.0, summary="", evidence="")
+    incident = build_links(finding, promql="up", grafana="http://g", job="j", model_version=None, start_ms=1, end_ms=2)
+    assert incident.prometheus_explore == explore.url("prometheus", explore.promql("up"), grafana="http://g",
+                                                      start=1, end=2, pane="rca")
+
+    ep = verify.Endpoints(service="", prometheus="", collector_metrics="", grafana="http://g",
+                          traces=stores.Jaeger("http://j"), logs=stores.VictoriaLogs("http://v"), grafana_up=True)
+    assert verify.trace_link(ep, "ab" * 16) == explore.url("jaeger", {"query": "ab" * 16}, grafana="http://g")
+    (pane,) = panes_of(verify.log_link(ep, "svc", "ab" * 16)).values()
+    assert pane["datasource"] == "victorialogs"
+    assert pane["queries"][0]["expr"] == ep.logs.query("svc", trace_id="ab" * 16)
