@@ -34,7 +34,7 @@ from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
-from mlobs import explore
+from mlobs import contract, explore
 
 
 def _datasource(uid: str) -> models.DataSourceRef:
@@ -49,18 +49,18 @@ TEMPO = _datasource("tempo")
 FIXED_DATASOURCE_UIDS = frozenset({"prometheus", "loki", "tempo", "alertmanager"})
 
 TAG = "mlobs"
-SAMPLE_SERVICE = "mlobs-inference"
-SAMPLE_TRAINING_SERVICE = "mlobs-training"
+SAMPLE_SERVICE = contract.SERVICE_INFERENCE
+SAMPLE_TRAINING_SERVICE = contract.SERVICE_TRAINING
 SAMPLE_MODEL = "breast-cancer-classifier"
 
 # Population stability index: > 0.1 moderate drift (Evidently's default), > 0.2 significant.
 PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.2
 
-# The model-serving path as span names; the ml_stage label of ml_stage_duration_seconds has all but
-# feature_lookup (a CLIENT span to the feature store, not a stage of the model service itself).
-STAGES = ("validation", "feature_extraction", "feature_lookup", "inference", "postprocessing")
-STAGE_REGEX = "|".join(STAGES)
+# The model-serving path as span names: the stages (the ml_stage values of ml_stage_duration_seconds)
+# and, inside feature_extraction, the CLIENT span to the feature store, which is no stage of its own.
+SERVING_SPANS = (*contract.STAGES[:2], contract.FEATURE_LOOKUP_SPAN, *contract.STAGES[2:])
+SERVING_SPAN_REGEX = "|".join(SERVING_SPANS)
 
 # The requests that went wrong: failed, or slower than the latency thresholds' red line.
 TRACES_SLOW_OR_FAILED = (

@@ -163,7 +163,7 @@ def golden_signals() -> c.Section:
 
 def stages() -> c.Section:
     stage = MODEL
-    spans = f'service_name="$service", span_name=~"{c.STAGE_REGEX}"'
+    spans = f'service_name="$service", span_name=~"{c.SERVING_SPAN_REGEX}"'
     return (
         "Pipeline stages",
         [

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mlobs import dashboards
+from mlobs import contract, dashboards
 from mlobs.dashboards import DASHBOARD_DIR, build_all, check, iter_panels, iter_queries, render, write_all
 from mlobs.dashboards.__main__ import main
 from mlobs.dashboards.common import FIXED_DATASOURCE_UIDS, TAG
@@ -214,6 +214,12 @@ def test_no_data_reasons_name_panels_and_variables_that_exist() -> None:
         names = {panel["title"] for panel in panels_of(dashboard)}
         names |= {f"variable ${variable['name']}" for variable in dashboard["templating"]["list"]}
         assert set(module.NO_DATA) <= names, set(module.NO_DATA) - names
+
+
+def test_stage_span_panel_covers_the_contracts_stages_and_the_feature_lookup() -> None:
+    (panel,) = [p for p in panels_of(by_uid()["mlobs-inference"]) if p["title"] == "Stage error ratio (span metrics)"]
+    (regex,) = set(re.findall(r'span_name=~"([^"]+)"', panel["targets"][0]["expr"]))
+    assert set(regex.split("|")) == {*contract.STAGES, contract.FEATURE_LOOKUP_SPAN}
 
 
 def test_latency_panels_ask_for_exemplars() -> None:
