@@ -1,8 +1,10 @@
-"""The prebuilt Grafana dashboards, generated as code with grafana-foundation-sdk.
+"""The prebuilt Grafana dashboards, generated as code with grafana-foundation-sdk from the loaded
+stack (their thresholds follow stack.yaml's alerts and sampling).
 
-`build_all()` returns every dashboard as JSON; `write_all()` writes them to grafana/dashboards/
-(committed, like the rendered configs, and checked for drift with `python -m mlobs.dashboards --check`).
-`iter_queries()` and `substitute_variables()` let the tests parse and run every query.
+`build_all(stack)` returns every dashboard as JSON; `render_all(stack)` writes them to
+grafana/dashboards/ (committed, like the rendered configs) and `render_all(stack, check=True)` only
+reports drift: what `mlobs dashboards [--check]` runs. `iter_queries()` and `substitute_variables()`
+let the tests parse and run every query.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mlobs.config import Stack
 from mlobs.dashboards import inference, pipeline, quality, stack, training
 from mlobs.dashboards.queries import (
     Query,
@@ -26,28 +29,33 @@ from mlobs.dashboards.queries import (
 __all__ = [
     "DASHBOARD_DIR",
     "DASHBOARDS",
+    "STACK_FILE",
     "E2EQuery",
     "Query",
     "build_all",
-    "check",
+    "drift",
     "iter_panels",
     "iter_queries",
     "promql_queries_for_e2e",
     "render",
+    "render_all",
     "substitute_variables",
     "variable_defaults",
     "write_all",
 ]
 
-DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
+_ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD_DIR = _ROOT / "grafana" / "dashboards"
+#: The stack the committed dashboards are generated from.
+STACK_FILE = _ROOT / "stack.yaml"
 
 # One module per dashboard, in the order a user reads them.
 DASHBOARDS: tuple[ModuleType, ...] = (inference, quality, training, pipeline, stack)
 
 
-def build_all() -> dict[str, dict[str, Any]]:
-    """File name → dashboard JSON, for every dashboard."""
-    return {module.FILE: module.build() for module in DASHBOARDS}
+def build_all(stack: Stack) -> dict[str, dict[str, Any]]:
+    """File name → dashboard JSON, for every dashboard of the stack."""
+    return {module.FILE: module.build(stack) for module in DASHBOARDS}
 
 
 def render(dashboard: Mapping[str, Any]) -> str:
@@ -55,19 +63,19 @@ def render(dashboard: Mapping[str, Any]) -> str:
     return json.dumps(dashboard, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_all(out_dir: Path = DASHBOARD_DIR) -> list[Path]:
+def write_all(stack: Stack, out_dir: Path = DASHBOARD_DIR) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, dashboard in build_all().items():
+    for name, dashboard in build_all(stack).items():
         path = out_dir / name
         path.write_text(render(dashboard), encoding="utf-8")
         written.append(path)
     return written
 
 
-def check(out_dir: Path = DASHBOARD_DIR) -> list[str]:
-    """Files that differ from what the code generates (missing, changed or left over)."""
-    expected = {name: render(dashboard) for name, dashboard in build_all().items()}
+def drift(stack: Stack, out_dir: Path = DASHBOARD_DIR) -> list[str]:
+    """Files that differ from what the code generates for the stack (missing, changed or left over)."""
+    expected = {name: render(dashboard) for name, dashboard in build_all(stack).items()}
     problems = []
     for name, text in expected.items():
         path = out_dir / name
@@ -82,6 +90,17 @@ def check(out_dir: Path = DASHBOARD_DIR) -> list[str]:
             if path.name not in expected
         ]
     return problems
+
+
+def render_all(stack: Stack, *, check: bool = False, out_dir: Path = DASHBOARD_DIR) -> list[str]:
+    """`mlobs dashboards [--check]`: the dashboards of the loaded stack, in ``out_dir``.
+
+    Writes every dashboard, or with ``check`` nothing. Returns the problems that remain, one
+    ``"<path>: <why>"`` each: with ``check`` every file missing, changed or not generated; after
+    writing only the files that are not generated (they are left alone). Empty means up to date."""
+    if not check:
+        write_all(stack, out_dir)
+    return drift(stack, out_dir)
 
 
 @dataclass(frozen=True)
@@ -104,7 +123,8 @@ ANNOTATION_NO_DATA = {
 
 
 def promql_queries_for_e2e(values: Mapping[str, str | Sequence[str]] | None = None) -> list[E2EQuery]:
-    """Every PromQL query of every dashboard, ready to run on Prometheus after the load ran.
+    """Every PromQL query of every committed dashboard (what Grafana loads), ready to run on
+    Prometheus after the load ran.
 
     Variables take each dashboard's default (the sample service: mlobs-inference, or mlobs-training
     on the training dashboard; model breast-cancer-classifier), then the dashboard's E2E_VALUES
@@ -112,7 +132,7 @@ def promql_queries_for_e2e(values: Mapping[str, str | Sequence[str]] | None = No
     {"__rate_interval": "2m"} when metrics are pushed less often than every 15 s."""
     queries = []
     for module in DASHBOARDS:
-        dashboard = module.build()
+        dashboard = json.loads((DASHBOARD_DIR / module.FILE).read_text(encoding="utf-8"))
         substitutions = {**variable_defaults(dashboard), **module.E2E_VALUES, **(values or {})}
         no_data: Mapping[str, str] = {**ANNOTATION_NO_DATA, **module.NO_DATA}
         for query in iter_queries(dashboard):

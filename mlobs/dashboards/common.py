@@ -1,8 +1,9 @@
 """Shared pieces of the mlobs dashboards: datasources, variables, annotations, panel factories.
 
 Every dashboard module builds its panels from these factories, so units, descriptions, thresholds
-and datasource references are set the same way everywhere. Names of metrics, labels, spans and
-log attributes follow generator/TELEMETRY.md.
+and datasource references are set the same way everywhere; the thresholds that stack.yaml sets
+come from the loaded stack (Limits). Names of metrics, labels, spans and log attributes follow
+generator/TELEMETRY.md (mlobs/contract.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from grafana_foundation_sdk.builders import (
     barchart,
@@ -35,6 +37,7 @@ from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
 from mlobs import contract, explore
+from mlobs.config import Stack
 
 
 def _datasource(uid: str) -> models.DataSourceRef:
@@ -53,19 +56,11 @@ SAMPLE_SERVICE = contract.SERVICE_INFERENCE
 SAMPLE_TRAINING_SERVICE = contract.SERVICE_TRAINING
 SAMPLE_MODEL = "breast-cancer-classifier"
 
-# Population stability index: > 0.1 moderate drift (Evidently's default), > 0.2 significant.
-PSI_MODERATE = 0.1
-PSI_SIGNIFICANT = 0.2
-
 # The model-serving path as span names: the stages (the ml_stage values of ml_stage_duration_seconds)
 # and, inside feature_extraction, the CLIENT span to the feature store, which is no stage of its own.
 SERVING_SPANS = (*contract.STAGES[:2], contract.FEATURE_LOOKUP_SPAN, *contract.STAGES[2:])
 SERVING_SPAN_REGEX = "|".join(SERVING_SPANS)
 
-# The requests that went wrong: failed, or slower than the latency thresholds' red line.
-TRACES_SLOW_OR_FAILED = (
-    '{ resource.service.name = "$service" && kind = server && (status = error || duration > 500ms) }'
-)
 SEVERITY_ERROR = 'severity_text=~"(?i)error|fatal|critical"'
 
 GREEN = "green"
@@ -75,14 +70,85 @@ BLUE = "blue"
 
 Steps = Sequence[tuple[float | None, str]]
 
-# Threshold sets used by several panels.
-HIGHER_IS_BETTER_SCORE: Steps = ((None, RED), (0.8, ORANGE), (0.9, GREEN))
-ERROR_RATIO: Steps = ((None, GREEN), (0.01, ORANGE), (0.05, RED))
-LATENCY_SECONDS: Steps = ((None, GREEN), (0.25, ORANGE), (0.5, RED))
-PSI: Steps = ((None, GREEN), (PSI_MODERATE, ORANGE), (PSI_SIGNIFICANT, RED))
+# Threshold sets that no setting of stack.yaml moves (the others: Limits, below).
 NEUTRAL: Steps = ((None, BLUE),)
 ANY_IS_BAD: Steps = ((None, GREEN), (0.000001, RED))
 NONE_IS_BAD: Steps = ((None, RED), (0.000001, GREEN))
+
+
+def _tidy(value: float) -> float:
+    """A derived threshold without the float noise of its arithmetic (0.9, not 0.9000000000000001)."""
+    return float(f"{value:.12g}")
+
+
+def percent(ratio: float) -> str:
+    return f"{ratio * 100:g}%"
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Green, orange from ``warn``, red from ``red``; downwards when higher is better."""
+
+    warn: float
+    red: float
+    higher_is_better: bool = False
+
+    @property
+    def steps(self) -> Steps:
+        if self.higher_is_better:
+            return ((None, RED), (self.red, ORANGE), (self.warn, GREEN))
+        return ((None, GREEN), (self.warn, ORANGE), (self.red, RED))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The dashboards' thresholds, from the loaded stack: a panel turns red where the alert on its
+    signal fires (stack.yaml ``alerts``), orange on the way there, and a slow trace is one the tail
+    sampler always keeps (``sampling.slow_threshold_ms``).
+
+    Orange starts at a fifth of the error ratio limit, at half the latency and PSI limits (0.1 is
+    Evidently's "moderate drift" at the default 0.2), and a third of the way from a score's floor
+    to 1."""
+
+    error_ratio: Scale
+    latency: Scale
+    accuracy: Scale
+    f1: Scale
+    psi: Scale
+    slow_ms: int
+
+    @classmethod
+    def of(cls, stack: Stack) -> Limits:
+        a = stack.alerts
+
+        def floor(value: float) -> Scale:
+            return Scale(_tidy(value + (1 - value) / 3), value, higher_is_better=True)
+
+        return cls(
+            error_ratio=Scale(_tidy(a.error_ratio / 5), a.error_ratio),
+            latency=Scale(_tidy(a.latency_p99_seconds / 2), a.latency_p99_seconds),
+            accuracy=floor(a.accuracy_floor),
+            f1=floor(a.f1_floor),
+            psi=Scale(_tidy(a.drift_psi / 2), a.drift_psi),
+            slow_ms=stack.sampling.slow_threshold_ms,
+        )
+
+    def traces_slow_or_failed(self) -> str:
+        """TraceQL for the requests that went wrong: failed, or slow."""
+        slow = f"{self.slow_ms}ms"
+        return f'{{ resource.service.name = "$service" && kind = server && (status = error || duration > {slow}) }}'
+
+    def f1_override(self, panel: PanelBuilder, ref: str) -> PanelBuilder:
+        """The F1 query ``ref`` of a panel of scores turns red at the F1 floor, when it is not the accuracy's."""
+        if self.f1 == self.accuracy:
+            return panel
+        value = json.loads(JSONEncoder().encode(thresholds(self.f1.steps).build()))
+        override = [models.DynamicConfigValue(id_val="thresholds", value=value)]
+        return typing.cast(PanelBuilder, typing.cast(typing.Any, panel).override_by_query(ref, override))
 
 
 # --- queries -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from typing import Any
 
 from grafana_foundation_sdk.models.common import BigValueTextMode, StackingMode
 
+from mlobs.config import Stack
 from mlobs.dashboards import common as c
 
 UID = "mlobs-inference"
@@ -28,9 +29,9 @@ NO_DATA: dict[str, str] = {}
 E2E_VALUES = {"version": "1"}
 
 
-def _links() -> list[Any]:
+def _links(lim: c.Limits) -> list[Any]:
     return [
-        c.traces_link("Slow or failed requests (traces)", c.TRACES_SLOW_OR_FAILED),
+        c.traces_link("Slow or failed requests (traces)", lim.traces_slow_or_failed()),
         c.logs_link("Error logs of $service", LOGS_ERRORS),
         c.logs_link("All logs of $service", LOGS_OF_SERVICE),
     ]
@@ -53,7 +54,7 @@ def _server_error_ratio(by: str) -> str:
     )
 
 
-def golden_signals() -> c.Section:
+def golden_signals(lim: c.Limits) -> c.Section:
     return (
         "Requests, errors, latency",
         [
@@ -64,26 +65,26 @@ def golden_signals() -> c.Section:
                 "reqps",
                 [c.promql(f"sum(rate({REQUESTS}[$__rate_interval]))", "requests/s")],
                 steps=c.NONE_IS_BAD,
-                links=_links(),
+                links=_links(lim),
             ),
             c.stat_panel(
                 "Server error ratio",
                 "Share of requests that failed with a server error (outcome=error); invalid input is not "
-                "counted. Above 1% look at the error traces and logs (panel links).",
+                f"counted. Above {c.percent(lim.error_ratio.warn)} look at the error traces and logs (panel links).",
                 "percentunit",
                 [c.promql(_server_error_ratio("sum"), "errors")],
-                steps=c.ERROR_RATIO,
+                steps=lim.error_ratio.steps,
                 decimals=2,
-                links=_links(),
+                links=_links(lim),
             ),
             c.stat_panel(
                 "p95 latency",
-                "95th percentile of the request duration over all selected versions. Above 250 ms "
-                "look at the stage breakdown below, then at slow traces.",
+                "95th percentile of the request duration over all selected versions. Above "
+                f"{c.duration(lim.latency.warn)} look at the stage breakdown below, then at slow traces.",
                 "s",
                 [c.promql(_quantile(0.95, "ml_request_duration_seconds_bucket", MODEL, "job"), "p95")],
-                steps=c.LATENCY_SECONDS,
-                links=_links(),
+                steps=lim.latency.steps,
+                links=_links(lim),
             ),
             c.stat_panel(
                 "Versions live",
@@ -112,18 +113,19 @@ def golden_signals() -> c.Section:
                     )
                 ],
                 stack=StackingMode.NORMAL,
-                links=_links(),
+                links=_links(lim),
             ),
             c.timeseries_panel(
                 "Server error ratio by version",
-                "Server error ratio per model version, with the 1% and 5% thresholds drawn. Compare "
+                f"Server error ratio per model version, with the {c.percent(lim.error_ratio.warn)} and "
+                f"{c.percent(lim.error_ratio.red)} thresholds drawn. Compare "
                 "the versions after a deployment.",
                 "percentunit",
                 [c.promql(_server_error_ratio(BY_VERSION), "v{{ml_model_version}}")],
-                steps=c.ERROR_RATIO,
+                steps=lim.error_ratio.steps,
                 draw_thresholds=True,
                 min_value=0,
-                links=_links(),
+                links=_links(lim),
             ),
             c.timeseries_panel(
                 "Latency percentiles by version (exemplars)",
@@ -139,9 +141,9 @@ def golden_signals() -> c.Section:
                     )
                     for ref, q in (("A", 0.5), ("B", 0.95), ("C", 0.99))
                 ],
-                steps=c.LATENCY_SECONDS,
+                steps=lim.latency.steps,
                 draw_thresholds=True,
-                links=_links(),
+                links=_links(lim),
             ),
             c.heatmap_panel(
                 "Latency distribution (exemplars)",
@@ -161,7 +163,7 @@ def golden_signals() -> c.Section:
     )
 
 
-def stages() -> c.Section:
+def stages(lim: c.Limits) -> c.Section:
     stage = MODEL
     spans = f'service_name="$service", span_name=~"{c.SERVING_SPAN_REGEX}"'
     return (
@@ -179,7 +181,7 @@ def stages() -> c.Section:
                         exemplar=True,
                     )
                 ],
-                steps=c.LATENCY_SECONDS,
+                steps=lim.latency.steps,
                 width=8,
             ),
             c.timeseries_panel(
@@ -203,7 +205,7 @@ def stages() -> c.Section:
                         "{{span_name}}",
                     )
                 ],
-                steps=c.ERROR_RATIO,
+                steps=lim.error_ratio.steps,
                 draw_thresholds=True,
                 min_value=0,
                 width=8,
@@ -212,7 +214,7 @@ def stages() -> c.Section:
     )
 
 
-def saturation() -> c.Section:
+def saturation(lim: c.Limits) -> c.Section:
     return (
         "Saturation and logs",
         [
@@ -255,13 +257,14 @@ def saturation() -> c.Section:
                 ],
                 stack=StackingMode.NORMAL,
                 width=8,
-                links=_links(),
+                links=_links(lim),
             ),
         ],
     )
 
 
-def build() -> dict[str, Any]:
+def build(stack: Stack) -> dict[str, Any]:
+    lim = c.Limits.of(stack)
     return c.assemble(
         UID,
         "ML inference overview",
@@ -271,5 +274,5 @@ def build() -> dict[str, Any]:
             c.model_variable("ml_request_duration_seconds_count"),
             c.version_variable("ml_request_duration_seconds_count"),
         ],
-        [golden_signals(), stages(), saturation()],
+        [golden_signals(lim), stages(lim), saturation(lim)],
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 from grafana_foundation_sdk.models.common import StackingMode
 
+from mlobs.config import Stack
 from mlobs.dashboards import common as c
 
 UID = "mlobs-pipeline"
@@ -40,7 +41,7 @@ def _edges(expr: str) -> str:
     return f"sum by (client, server) ({expr})"
 
 
-def service_graph() -> c.Section:
+def service_graph(lim: c.Limits) -> c.Section:
     requests = "rate(traces_service_graph_request_total[$__rate_interval])"
     failed = "rate(traces_service_graph_request_failed_total[$__rate_interval])"
     return (
@@ -71,7 +72,7 @@ def service_graph() -> c.Section:
                         "{{client}} → {{server}}",
                     )
                 ],
-                steps=c.ERROR_RATIO,
+                steps=lim.error_ratio.steps,
                 draw_thresholds=True,
                 min_value=0,
                 width=8,
@@ -88,14 +89,14 @@ def service_graph() -> c.Section:
                         "{{client}} → {{server}}",
                     )
                 ],
-                steps=c.LATENCY_SECONDS,
+                steps=lim.latency.steps,
                 width=8,
             ),
         ],
     )
 
 
-def span_metrics() -> c.Section:
+def span_metrics(lim: c.Limits) -> c.Section:
     calls = f"rate(traces_spanmetrics_calls_total{{{SPANS}}}[$__rate_interval])"
     return (
         "Span metrics per stage",
@@ -110,7 +111,8 @@ def span_metrics() -> c.Section:
             ),
             c.timeseries_panel(
                 "Span error ratio by name",
-                "Share of spans of each operation that ended with an error status; 1% and 5% drawn. The "
+                "Share of spans of each operation that ended with an error status; "
+                f"{c.percent(lim.error_ratio.warn)} and {c.percent(lim.error_ratio.red)} drawn. The "
                 "innermost failing operation is where to look first.",
                 "percentunit",
                 [
@@ -120,7 +122,7 @@ def span_metrics() -> c.Section:
                         "{{span_name}}",
                     )
                 ],
-                steps=c.ERROR_RATIO,
+                steps=lim.error_ratio.steps,
                 draw_thresholds=True,
                 min_value=0,
                 width=8,
@@ -137,14 +139,14 @@ def span_metrics() -> c.Section:
                         exemplar=True,
                     )
                 ],
-                steps=c.LATENCY_SECONDS,
+                steps=lim.latency.steps,
                 width=8,
             ),
         ],
     )
 
 
-def traces_and_logs() -> c.Section:
+def traces_and_logs(lim: c.Limits) -> c.Section:
     return (
         "Traces and logs",
         [
@@ -156,9 +158,9 @@ def traces_and_logs() -> c.Section:
             ),
             c.trace_search_panel(
                 "Slow or failed requests",
-                "Server spans of the service that failed or took longer than 500 ms: the requests that "
-                "went wrong. Open one to see which stage failed or was slow.",
-                c.TRACES_SLOW_OR_FAILED,
+                f"Server spans of the service that failed or took longer than {c.duration(lim.slow_ms / 1000)}: "
+                "the requests that went wrong. Open one to see which stage failed or was slow.",
+                lim.traces_slow_or_failed(),
             ),
             c.timeseries_panel(
                 "Log volume by severity",
@@ -194,7 +196,8 @@ def traces_and_logs() -> c.Section:
     )
 
 
-def build() -> dict[str, Any]:
+def build(stack: Stack) -> dict[str, Any]:
+    lim = c.Limits.of(stack)
     return c.assemble(
         UID,
         "ML pipeline and service graph",
@@ -210,6 +213,6 @@ def build() -> dict[str, Any]:
                 "A request id (X-Request-ID, log attribute request.id) to filter the logs on; .* for all.",
             ),
         ],
-        [service_graph(), span_metrics(), traces_and_logs()],
+        [service_graph(lim), span_metrics(lim), traces_and_logs(lim)],
         time_from="now-30m",
     )

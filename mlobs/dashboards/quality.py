@@ -7,20 +7,26 @@ from typing import Any
 from grafana_foundation_sdk.models.common import StackingMode
 from grafana_foundation_sdk.models.dashboard import DynamicConfigValue
 
+from mlobs.config import Stack
 from mlobs.dashboards import common as c
 
 UID = "mlobs-quality"
 FILE = "ml-model-quality.json"
-ANSWERS = (
-    "Are the predictions still good, and did the data drift? Accuracy, precision, recall and F1 from "
-    "feedback, label delay, prediction and confidence distributions, PSI and KS per feature against the "
-    "0.1/0.2 thresholds, and two versions side by side."
-)
+
+
+def _answers(lim: c.Limits) -> str:
+    return (
+        "Are the predictions still good, and did the data drift? Accuracy, precision, recall and F1 from "
+        "feedback, label delay, prediction and confidence distributions, PSI and KS per feature against the "
+        f"{lim.psi.warn:g}/{lim.psi.red:g} thresholds, and two versions side by side."
+    )
+
 
 MODEL = 'job="$service", ml_model_name="$model", ml_model_version=~"$version"'
 FEATURE = f'{MODEL}, ml_feature=~"$feature"'
 COMPARED = 'job="$service", ml_model_name="$model", ml_model_version=~"$baseline|$candidate"'
 SCORES = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"))
+F1_REF = "ABCD"[[score for score, _ in SCORES].index("f1")]  # the query of F1 in a panel of SCORES
 LOW_CONFIDENCE: c.Steps = ((None, c.RED), (0.6, c.ORANGE), (0.75, c.GREEN))
 
 NO_DATA: dict[str, str] = {}
@@ -59,35 +65,42 @@ def _p95(selector: str, window: str = "$__rate_interval") -> str:
     )
 
 
-def feedback() -> c.Section:
+def feedback(lim: c.Limits) -> c.Section:
+    scores = lim.accuracy
     return (
         "Quality from feedback",
         [
-            c.stat_panel(
-                "Accuracy, precision, recall, F1",
-                "Rolling scores computed from the labels sent back by /feedback, per version. Below 0.9 "
-                "(orange) or 0.8 (red): check drift below and the version comparison.",
-                "percentunit",
-                [
-                    c.promql(_by_version(f"ml_model_{score}"), f"{name} v{{{{ml_model_version}}}}", ref=ref)
-                    for ref, (score, name) in zip("ABCD", SCORES, strict=True)
-                ],
-                steps=c.HIGHER_IS_BETTER_SCORE,
-                decimals=3,
-                width=12,
+            lim.f1_override(
+                c.stat_panel(
+                    "Accuracy, precision, recall, F1",
+                    "Rolling scores computed from the labels sent back by /feedback, per version. Below "
+                    f"{scores.warn:g} (orange) or {scores.red:g} (red): check drift below and the version comparison.",
+                    "percentunit",
+                    [
+                        c.promql(_by_version(f"ml_model_{score}"), f"{name} v{{{{ml_model_version}}}}", ref=ref)
+                        for ref, (score, name) in zip("ABCD", SCORES, strict=True)
+                    ],
+                    steps=scores.steps,
+                    decimals=3,
+                    width=12,
+                ),
+                F1_REF,
             ),
-            c.timeseries_panel(
-                "Scores over time",
-                "The same scores over time, thresholds drawn at 0.8 and 0.9. A fall that starts at a "
-                "deployment annotation is a regression; a slow slide with rising PSI is drift.",
-                "percentunit",
-                [
-                    c.promql(_by_version(f"ml_model_{score}"), f"{name} v{{{{ml_model_version}}}}", ref=ref)
-                    for ref, (score, name) in zip("ABCD", SCORES, strict=True)
-                ],
-                steps=c.HIGHER_IS_BETTER_SCORE,
-                draw_thresholds=True,
-                decimals=3,
+            lim.f1_override(
+                c.timeseries_panel(
+                    "Scores over time",
+                    f"The same scores over time, thresholds drawn at {scores.red:g} and {scores.warn:g}. A fall "
+                    "that starts at a deployment annotation is a regression; a slow slide with rising PSI is drift.",
+                    "percentunit",
+                    [
+                        c.promql(_by_version(f"ml_model_{score}"), f"{name} v{{{{ml_model_version}}}}", ref=ref)
+                        for ref, (score, name) in zip("ABCD", SCORES, strict=True)
+                    ],
+                    steps=scores.steps,
+                    draw_thresholds=True,
+                    decimals=3,
+                ),
+                F1_REF,
             ),
             c.stat_panel(
                 "Labels received",
@@ -180,28 +193,30 @@ def predictions() -> c.Section:
     )
 
 
-def drift() -> c.Section:
+def drift(lim: c.Limits) -> c.Section:
     psi = f"max by (ml_feature) (ml_feature_drift_psi{{{FEATURE}}})"
     return (
         "Data drift",
         [
             c.timeseries_panel(
                 "PSI per feature",
-                "Population stability index of each feature against the training data. Above 0.1 the "
-                "shift is moderate, above 0.2 significant (dashed lines): retrain or find the broken input.",
+                "Population stability index of each feature against the training data. Above "
+                f"{lim.psi.warn:g} the shift is moderate, above {lim.psi.red:g} significant (dashed lines): "
+                "retrain or find the broken input.",
                 "none",
                 [c.promql(psi, "{{ml_feature}}")],
-                steps=c.PSI,
+                steps=lim.psi.steps,
                 draw_thresholds=True,
                 decimals=3,
                 min_value=0,
             ),
             c.bargauge_panel(
                 "PSI now, by feature",
-                "Latest PSI per feature, most drifted first; orange above 0.1, red above 0.2.",
+                f"Latest PSI per feature, most drifted first; orange above {lim.psi.warn:g}, red above "
+                f"{lim.psi.red:g}.",
                 "none",
                 [c.promql(f"sort_desc({psi})", "{{ml_feature}}", instant=True)],
-                steps=c.PSI,
+                steps=lim.psi.steps,
                 min_value=0,
                 max_value=0.5,
                 decimals=3,
@@ -234,7 +249,7 @@ def drift() -> c.Section:
     )
 
 
-def comparison() -> c.Section:
+def comparison(lim: c.Limits) -> c.Section:
     # Over the whole time range: a version that stopped serving keeps its row.
     columns = [
         ("A", "Accuracy", _last_by_version("ml_model_accuracy", COMPARED)),
@@ -245,14 +260,14 @@ def comparison() -> c.Section:
         ("F", "Server error ratio", _server_error_ratio(COMPARED, "$__range")),
         ("G", "p95 latency", _p95(COMPARED, "$__range")),
     ]
-    scorecard = c.table_panel(
+    scorecard = lim.f1_override(c.table_panel(
         "Scorecard: $baseline vs $candidate",
         "One row per compared version over the time range: last scores from feedback, mean confidence, "
         "server error ratio and p95 latency while it served. The candidate should match or beat the "
         "baseline on every column before it takes all traffic.",
         "percentunit",
         [c.promql(expr, name, ref=ref, instant=True, as_table=True) for ref, name, expr in columns],
-        steps=c.HIGHER_IS_BETTER_SCORE,
+        steps=lim.accuracy.steps,
         transformations=[
             c.transformation("merge", {}),
             c.transformation(
@@ -269,31 +284,34 @@ def comparison() -> c.Section:
         decimals=3,
         width=24,
         height=6,
-    ).override_by_name("p95 latency", [DynamicConfigValue(id_val="unit", value="s")])
+    ).override_by_name("p95 latency", [DynamicConfigValue(id_val="unit", value="s")]), F1_REF)
     return (
         "Version comparison",
         [
             scorecard,
-            c.timeseries_panel(
-                "Accuracy and F1: $baseline vs $candidate",
-                "Accuracy and F1 of the two compared versions over time; the gap between the lines is "
-                "what a switch would gain or lose.",
-                "percentunit",
-                [
-                    c.promql(_by_version("ml_model_accuracy", COMPARED), "accuracy v{{ml_model_version}}", ref="A"),
-                    c.promql(_by_version("ml_model_f1", COMPARED), "F1 v{{ml_model_version}}", ref="B"),
-                ],
-                steps=c.HIGHER_IS_BETTER_SCORE,
-                draw_thresholds=True,
-                decimals=3,
-                width=8,
+            lim.f1_override(
+                c.timeseries_panel(
+                    "Accuracy and F1: $baseline vs $candidate",
+                    "Accuracy and F1 of the two compared versions over time; the gap between the lines is "
+                    "what a switch would gain or lose.",
+                    "percentunit",
+                    [
+                        c.promql(_by_version("ml_model_accuracy", COMPARED), "accuracy v{{ml_model_version}}", ref="A"),
+                        c.promql(_by_version("ml_model_f1", COMPARED), "F1 v{{ml_model_version}}", ref="B"),
+                    ],
+                    steps=lim.accuracy.steps,
+                    draw_thresholds=True,
+                    decimals=3,
+                    width=8,
+                ),
+                "B",
             ),
             c.timeseries_panel(
                 "p95 latency: $baseline vs $candidate (exemplars)",
                 "95th percentile request duration of the two versions; exemplars open a request's trace.",
                 "s",
                 [c.promql(_p95(COMPARED), "v{{ml_model_version}}", exemplar=True)],
-                steps=c.LATENCY_SECONDS,
+                steps=lim.latency.steps,
                 draw_thresholds=True,
                 width=8,
             ),
@@ -311,12 +329,13 @@ def comparison() -> c.Section:
     )
 
 
-def build() -> dict[str, Any]:
+def build(stack: Stack) -> dict[str, Any]:
+    lim = c.Limits.of(stack)
     versions = 'label_values(ml_model_info{job="$service", ml_model_name="$model"}, ml_model_version)'
     return c.assemble(
         UID,
         "ML model quality and drift",
-        ANSWERS,
+        _answers(lim),
         [
             c.service_variable("label_values(ml_model_info, job)"),
             c.model_variable("ml_model_info"),
@@ -334,5 +353,5 @@ def build() -> dict[str, Any]:
                 "candidate", "Candidate", versions, "2", "The version under evaluation (e.g. just deployed)."
             ),
         ],
-        [feedback(), predictions(), drift(), comparison()],
+        [feedback(lim), predictions(), drift(lim), comparison(lim)],
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 from grafana_foundation_sdk.models.dashboard import DynamicConfigValue
 
+from mlobs.config import Stack
 from mlobs.dashboards import common as c
 
 UID = "mlobs-stack"
@@ -310,7 +311,8 @@ def alerts() -> c.Section:
     )
 
 
-def build() -> dict[str, Any]:
+def build(stack: Stack) -> dict[str, Any]:
+    """The stack's own health; none of its thresholds is a setting of stack.yaml (any failure is red)."""
     return c.assemble(
         UID,
         "mlobs stack health",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlobs.config import Stack
 from mlobs.dashboards import common as c
 
 UID = "mlobs-training"
@@ -123,7 +124,7 @@ def runs() -> c.Section:
     )
 
 
-def learning_curves() -> c.Section:
+def learning_curves(lim: c.Limits) -> c.Section:
     def per_epoch(metric: str) -> str:
         return f"max by (ml_training_epoch) (last_over_time({metric}{{{TRAIN}}}[$__range]))"
 
@@ -143,11 +144,12 @@ def learning_curves() -> c.Section:
             c.barchart_panel(
                 "Accuracy per epoch",
                 "Validation accuracy at each epoch of the latest run in the time range; orange below "
-                "0.9, red below 0.8. A final value below the live model's means: do not deploy.",
+                f"{lim.accuracy.warn:g}, red below {lim.accuracy.red:g}. A final value below the live model's "
+                "means: do not deploy.",
                 "percentunit",
                 [c.promql(per_epoch("ml_training_accuracy"), "accuracy", instant=True, as_table=True)],
                 x_field="ml_training_epoch",
-                steps=c.HIGHER_IS_BETTER_SCORE,
+                steps=lim.accuracy.steps,
                 transformations=PER_EPOCH_TRANSFORMATIONS,
                 decimals=3,
             ),
@@ -205,7 +207,8 @@ def deployments() -> c.Section:
     )
 
 
-def build() -> dict[str, Any]:
+def build(stack: Stack) -> dict[str, Any]:
+    lim = c.Limits.of(stack)
     return c.assemble(
         UID,
         "ML training and deployments",
@@ -215,6 +218,6 @@ def build() -> dict[str, Any]:
             c.model_variable("ml_training_runs_total"),
             c.version_variable("ml_training_runs_total"),
         ],
-        [runs(), learning_curves(), deployments()],
+        [runs(), learning_curves(lim), deployments()],
         time_from="now-6h",
     )

@@ -10,9 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from mlobs import contract, dashboards
-from mlobs.dashboards import DASHBOARD_DIR, build_all, check, iter_panels, iter_queries, render, write_all
+from mlobs import config, contract, dashboards
+from mlobs import render as configs
+from mlobs.dashboards import (
+    DASHBOARD_DIR,
+    STACK_FILE,
+    build_all,
+    drift,
+    iter_panels,
+    iter_queries,
+    render,
+    render_all,
+    write_all,
+)
 from mlobs.dashboards.__main__ import main
 from mlobs.dashboards.common import FIXED_DATASOURCE_UIDS, TAG
 from mlobs.dashboards.queries import BUILTIN_VALUES, variable_defaults, variables_in
@@ -26,7 +38,8 @@ ML_DASHBOARDS = EXPECTED_UIDS - {"mlobs-stack"}
 # frames carry their own units) and trace search results (durations come in ms from Tempo).
 NO_UNIT_TYPES = {"logs", "alertlist", "nodeGraph"}
 
-BUILT = build_all()
+STACK = config.load(STACK_FILE)
+BUILT = build_all(STACK)
 
 
 def panels_of(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -82,28 +95,28 @@ def test_all_five_dashboards_are_built_with_stable_uids() -> None:
 
 
 def test_committed_dashboards_match_the_generator() -> None:
-    problems = check(DASHBOARD_DIR)
+    problems = drift(STACK, DASHBOARD_DIR)
     assert not problems, "run `python -m mlobs.dashboards`:\n" + "\n".join(problems)
 
 
 def test_generation_is_deterministic() -> None:
-    assert {name: render(d) for name, d in build_all().items()} == {name: render(d) for name, d in BUILT.items()}
+    assert {name: render(d) for name, d in build_all(STACK).items()} == {name: render(d) for name, d in BUILT.items()}
 
 
 def test_drift_check_reports_an_edited_a_missing_and_a_stray_file(tmp_path: Path) -> None:
-    write_all(tmp_path)
+    write_all(STACK, tmp_path)
     edited = tmp_path / "ml-inference-overview.json"
     edited.write_text(edited.read_text().replace("Request rate", "Requests"))
     (tmp_path / "stack-health.json").unlink()
     (tmp_path / "hand-made.json").write_text("{}\n")
-    problems = "\n".join(check(tmp_path))
+    problems = "\n".join(drift(STACK, tmp_path))
     assert "ml-inference-overview.json: differs" in problems
     assert "stack-health.json: missing" in problems
     assert "hand-made.json: not generated" in problems
 
 
 def test_cli_check_exits_1_on_drift_and_0_once_regenerated(tmp_path: Path) -> None:
-    write_all(tmp_path)
+    write_all(STACK, tmp_path)
     assert main(["--check", "--out", str(tmp_path)]) == 0
     target = tmp_path / "ml-model-quality.json"
     data = json.loads(target.read_text())
@@ -210,7 +223,7 @@ def test_panel_titles_are_unique_within_a_dashboard(uid: str) -> None:
 
 def test_no_data_reasons_name_panels_and_variables_that_exist() -> None:
     for module in dashboards.DASHBOARDS:
-        dashboard = module.build()
+        dashboard = module.build(STACK)
         names = {panel["title"] for panel in panels_of(dashboard)}
         names |= {f"variable ${variable['name']}" for variable in dashboard["templating"]["list"]}
         assert set(module.NO_DATA) <= names, set(module.NO_DATA) - names
@@ -363,3 +376,85 @@ def test_contract_check_catches_an_invented_metric() -> None:
         "ml_made_up_seconds_bucket"
     }
     assert "ml_made_up_seconds_bucket" not in contract_metrics()
+
+
+# --- thresholds from the loaded stack ----------------------------------------------------------
+
+
+def stack_with(**alerts: object) -> config.Stack:
+    """The repo's stack with some settings changed: ``alerts`` keys, or ``slow_threshold_ms``."""
+    data = yaml.safe_load(STACK_FILE.read_text())
+    slow = alerts.pop("slow_threshold_ms", None)
+    data["alerts"] = {**data.get("alerts", {}), **alerts}
+    if slow is not None:
+        data["sampling"] = {**data.get("sampling", {}), "slow_threshold_ms": slow}
+    return config.parse(data)
+
+
+def steps_of(panel: dict[str, Any]) -> list[float | None]:
+    steps = panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
+    return [step["value"] for step in steps]
+
+
+def panels_by_title(stack: config.Stack) -> dict[str, dict[str, Any]]:
+    return {f"{d['uid']}: {p['title']}": p for d in build_all(stack).values() for p in panels_of(d)}
+
+
+def test_a_new_latency_limit_moves_the_dashboards_red_lines_and_the_alert_rule() -> None:
+    stack = stack_with(latency_p99_seconds=1.25)
+    panels = panels_by_title(stack)
+    for title in ("mlobs-inference: p95 latency", "mlobs-inference: Stage p95 duration (exemplars)",
+                  "mlobs-pipeline: Span p95 duration by name (exemplars)"):
+        assert steps_of(panels[title]) == [None, 0.625, 1.25], title
+    assert "Above 625 ms look" in panels["mlobs-inference: p95 latency"]["description"]
+    rules = yaml.safe_load(configs.render(configs.compose_target(stack))["prometheus/rules/thresholds.yml"])
+    (alert,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "MLStageLatencyHigh"]
+    assert alert["expr"] == "mlobs:ml_stage_duration_seconds:p99_rate > 1.25"
+
+
+def test_every_latency_panel_follows_the_stack() -> None:
+    default, moved = panels_by_title(STACK), panels_by_title(stack_with(latency_p99_seconds=2.0))
+    latency = {title for title, panel in default.items() if steps_of(panel) == [None, 0.25, 0.5]}
+    assert len(latency) >= 6
+    assert {title: steps_of(moved[title]) for title in latency} == {title: [None, 1.0, 2.0] for title in latency}
+
+
+def test_error_ratio_score_floors_and_drift_limit_follow_the_stack() -> None:
+    panels = panels_by_title(stack_with(error_ratio=0.1, accuracy_floor=0.7, drift_psi=0.3))
+    assert steps_of(panels["mlobs-inference: Server error ratio"]) == [None, 0.02, 0.1]
+    by_version = panels["mlobs-inference: Server error ratio by version"]
+    assert "with the 2% and 10% thresholds drawn" in by_version["description"]
+    assert steps_of(panels["mlobs-quality: Scores over time"]) == [None, 0.7, 0.8]
+    assert steps_of(panels["mlobs-training: Accuracy per epoch"]) == [None, 0.7, 0.8]
+    assert steps_of(panels["mlobs-quality: PSI now, by feature"]) == [None, 0.15, 0.3]
+
+
+def test_a_distinct_f1_floor_colours_the_f1_queries_only() -> None:
+    overrides = [p.get("fieldConfig", {}).get("overrides", []) for p in panels_of(by_uid()["mlobs-quality"])]
+    assert "thresholds" not in json.dumps(overrides), "equal floors: no override"
+    panels = panels_by_title(stack_with(accuracy_floor=0.85, f1_floor=0.7))
+    for title, ref in (("Scores over time", "D"), ("Accuracy and F1: $baseline vs $candidate", "B")):
+        panel = panels[f"mlobs-quality: {title}"]
+        assert steps_of(panel) == [None, 0.85, 0.9]
+        (override,) = [o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["id"] == "byFrameRefID"]
+        assert override["matcher"]["options"] == ref
+        assert [s["value"] for s in override["properties"][0]["value"]["steps"]] == [None, 0.7, 0.8]
+
+
+def test_the_slow_traces_are_the_ones_the_tail_sampler_keeps() -> None:
+    stack = stack_with(slow_threshold_ms=250)
+    queries = [q.expr for d in build_all(stack).values() for q in iter_queries(d) if q.language == "traceql"]
+    slow = [q for q in queries if "status = error ||" in q]
+    assert len(slow) >= 2 and all("duration > 250ms" in q for q in slow)
+    assert "threshold_ms: 250\n" in configs.render(configs.compose_target(stack))["otel-collector/config.yaml"]
+
+
+def test_render_all_writes_then_checks(tmp_path: Path) -> None:
+    assert len(render_all(STACK, check=True, out_dir=tmp_path)) == len(BUILT), "all missing"
+    assert render_all(STACK, out_dir=tmp_path) == []
+    assert render_all(STACK, check=True, out_dir=tmp_path) == []
+    moved = stack_with(latency_p99_seconds=1.0)
+    problems = render_all(moved, check=True, out_dir=tmp_path)
+    assert problems and all("differs from the generated dashboard" in p for p in problems)
+    (tmp_path / "hand-made.json").write_text("{}\n")
+    assert [p for p in render_all(moved, out_dir=tmp_path) if "hand-made.json: not generated" in p]

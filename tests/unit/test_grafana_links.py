@@ -335,10 +335,11 @@ def test_dashboards_analyzer_and_verify_build_explore_urls_alike() -> None:
     from analyzer.links import build_links
     from analyzer.models import Finding
     from mlobs import verify
-    from mlobs.dashboards import build_all, iter_panels
+    from mlobs.dashboards import STACK_FILE, build_all, iter_panels
 
     traceql = '{ resource.service.name = "$service" && kind = server && (status = error || duration > 500ms) }'
-    links = [link["url"] for d in build_all().values() for p in iter_panels(d) for link in p.get("links", [])]
+    built = build_all(config.load(STACK_FILE))
+    links = [link["url"] for d in built.values() for p in iter_panels(d) for link in p.get("links", [])]
     assert explore.url("tempo", explore.traceql(traceql), start="$__from", end="$__to") in links
 
     finding = Finding(kind="errors", subject="inference", score=1.0, summary="", evidence="")

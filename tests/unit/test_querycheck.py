@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from mlobs import config
 from mlobs.dashboards import (
+    STACK_FILE,
     build_all,
     iter_panels,
     iter_queries,
@@ -29,7 +31,7 @@ from mlobs.dashboards.querycheck import (
     parse,
 )
 
-DASHBOARDS = {dashboard["uid"]: dashboard for dashboard in build_all().values()}
+DASHBOARDS = {dashboard["uid"]: dashboard for dashboard in build_all(config.load(STACK_FILE)).values()}
 
 needs_node = pytest.mark.skipif(
     shutil.which("node") is None or shutil.which("npm") is None,
