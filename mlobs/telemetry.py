@@ -15,8 +15,11 @@ API
     ``setup(service_name, ...) -> Telemetry``  providers, exporters and logging of one process.
     ``disabled(service_name) -> Telemetry``    no-op providers, logging untouched (where no handle is given).
     ``Telemetry``   ``.tracer`` / ``.meter`` (the handle's scope), ``.get_tracer(name)`` / ``.get_meter(name)``,
-                    ``.instrument(instrumentor)``, ``.force_flush()``, ``.shutdown()``; ``.enabled`` and the
-                    three providers, for instrumentations that take them.
+                    ``.instrument(instrumentor)``, ``.instrument_fastapi(app)``, ``.wants_detail()``,
+                    ``.force_flush()``, ``.shutdown()``; ``.enabled``, ``.keep_rule``, ``.trace_detail`` and
+                    the three providers, for instrumentations that take them.
+    ``keep_marked()``   has the current request asked to be kept (see Sampling)?
+    ``KeptTracesExemplarFilter``, ``KeepMarkSpanProcessor``, ``KeepMarkMiddleware``   the pieces of Sampling.
     ``JsonFormatter``   the console's one-JSON-object-per-line format.
     ``exporters_from_env()``   the exporters the ``OTEL_*`` variables ask for.
 
@@ -50,6 +53,26 @@ Shutdown order (:meth:`Telemetry.shutdown`)
     everything logged until then. The handlers come off last, so that a failure of any final export
     (which the SDK logs) is still printed on stderr.
 
+Sampling (links to kept traces only; the rule is :mod:`mlobs.sampling`'s)
+    The collector tail-samples traces. ``MLOBS_SAMPLING_PERCENTAGE`` (and ``..._SLOW_MS``,
+    ``..._KEEP_ERRORS``) tell the process the rule (:class:`mlobs.sampling.Rule`). Below 100 %, the
+    meter provider's exemplar filter is :class:`KeptTracesExemplarFilter`: a measurement becomes an
+    exemplar only when the span it is recorded in proves its trace kept, from what is known then:
+    the trace id's randomness, the keep mark on the span, a failure (the span's status, or the
+    measurement's ``error.type`` or ``outcome=error``), or the span having already run longer than
+    the slow threshold (a lower bound of the trace's duration, whatever the instrument measures).
+    A measurement outside a recording, sampled span of this process gets no exemplar. At 100 % (or
+    unset) the SDK's filter applies (``OTEL_METRICS_EXEMPLAR_FILTER``, by default ``trace_based``);
+    below, ``always_off`` is still honoured.
+
+    The keep mark: a request with the baggage entry ``mlobs.debug=1`` (or, through
+    :meth:`Telemetry.instrument_fastapi`, the header ``X-Mlobs-Debug: 1``) gets the boolean attribute
+    ``mlobs.sampling.keep=true`` on every span started in its context (:class:`KeepMarkSpanProcessor`),
+    so the tail sampler keeps its trace; every log record written in such a span carries the same
+    attribute, so the collector keeps its trace link; its exemplars are kept by the filter; and
+    :meth:`Telemetry.wants_detail` is true, for a service's detail spans (also true for every
+    request with ``MLOBS_TRACE_DETAIL=true``, the debug profile).
+
 ``OTEL_SDK_DISABLED=true``
     No-op providers and JSON console logging only: every span and metric costs (almost) nothing.
 
@@ -72,17 +95,28 @@ from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from opentelemetry import _logs, baggage, metrics, trace
+from opentelemetry import _logs, baggage, context, metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, SimpleLogRecordProcessor
-from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SDK_DISABLED
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_METRICS_EXEMPLAR_FILTER,
+    OTEL_SDK_DISABLED,
+)
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import StatusCode
+from opentelemetry.util.types import Attributes
+
+from mlobs import sampling
+from mlobs.contract import ATTR_OUTCOME
 
 #: Our default OTLP protocol, where neither OTEL_EXPORTER_OTLP_PROTOCOL nor a per-signal one is set.
 DEFAULT_PROTOCOL = "http/protobuf"
@@ -169,6 +203,10 @@ class Telemetry:
     resource: Resource | None = None
     handlers: list[logging.Handler] = field(default_factory=list)
     instrumentors: list[Any] = field(default_factory=list)
+    #: The keep rule of tail sampling, as this process's exemplar filter applies it.
+    keep_rule: sampling.Rule = field(default_factory=sampling.Rule)
+    #: Detail spans for every request (``MLOBS_TRACE_DETAIL=true``, the debug profile).
+    trace_detail: bool = False
     stopped: bool = field(default=False, init=False)
 
     @cached_property
@@ -191,6 +229,25 @@ class Telemetry:
         """Instrument a library with this handle's providers; :meth:`shutdown` uninstruments it."""
         instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, **options)
         self.instrumentors.append(instrumentor)
+
+    def instrument_fastapi(self, app: Any, **options: Any) -> None:
+        """Server spans for a FastAPI ``app`` (``options`` go to ``FastAPIInstrumentor.instrument_app``),
+        and inside them the per-request keep marker (:class:`KeepMarkMiddleware`). Call it before the
+        app starts; with telemetry off it does nothing."""
+        if not self.enabled:
+            return
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        # The instrumentation wraps the whole middleware stack: this one runs inside the server span.
+        app.add_middleware(KeepMarkMiddleware)
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, **options
+        )
+
+    def wants_detail(self) -> bool:
+        """Should the current request get detail spans: the debug profile, or a request that asked
+        to be kept (:func:`keep_marked`)? Never with telemetry off."""
+        return self.enabled and (self.trace_detail or keep_marked())
 
     def force_flush(self) -> None:
         for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
@@ -242,6 +299,8 @@ def setup(
     span_exporter: SpanExporter | None = None,
     metric_readers: Sequence[MetricReader] | None = None,
     log_exporter: LogRecordExporter | None = None,
+    keep_rule: sampling.Rule | None = None,
+    trace_detail: bool | None = None,
 ) -> Telemetry:
     """Providers for ``service_name``, their exporters, and the root logger's handlers.
 
@@ -251,8 +310,12 @@ def setup(
     adds the process's CPU time and memory. ``set_global`` makes the providers the global ones, for
     libraries that use the global API. With none of ``span_exporter``, ``metric_readers`` and
     ``log_exporter``, the exporters come from the ``OTEL_*`` variables and are batched; given ones
-    (tests) are used synchronously, and the signals not given export nowhere.
+    (tests) are used synchronously, and the signals not given export nowhere. ``keep_rule`` and
+    ``trace_detail`` default to the ``MLOBS_SAMPLING_*`` and ``MLOBS_TRACE_DETAIL`` variables
+    (module docstring, Sampling).
     """
+    rule = keep_rule if keep_rule is not None else sampling.Rule.from_env()
+    detail = trace_detail if trace_detail is not None else sampling.trace_detail_from_env()
     in_memory = span_exporter is not None or metric_readers is not None or log_exporter is not None
     if sdk_disabled() and not in_memory:
         telemetry = disabled(service_name, scope=scope)
@@ -261,6 +324,7 @@ def setup(
 
     resource = build_resource(service_name, resource_attributes, service_version=service_version)
     tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(KeepMarkSpanProcessor())
     logger_provider = LoggerProvider(resource=resource)
     if in_memory:
         if span_exporter is not None:
@@ -274,7 +338,9 @@ def setup(
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         for exporter in log_exporters:
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=list(views))
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, views=list(views), exemplar_filter=exemplar_filter(rule)
+    )
 
     if set_global:
         trace.set_tracer_provider(tracer_provider)
@@ -289,6 +355,8 @@ def setup(
         logger_provider=logger_provider,
         scope=scope,
         resource=resource,
+        keep_rule=rule,
+        trace_detail=detail,
     )
     if system_metrics:
         from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
@@ -296,6 +364,120 @@ def setup(
         telemetry.instrument(SystemMetricsInstrumentor(config=_SYSTEM_METRICS))
     _configure_logging(telemetry, log_level, baggage_keys)
     return telemetry
+
+
+# --------------------------------------------------------------------------- sampling: links to kept traces only
+
+
+def _marked(span: trace.Span) -> bool:
+    """Does this span of ours carry the keep mark (what the tail sampler's policy reads)?"""
+    attributes = span.attributes if isinstance(span, ReadableSpan) else None
+    return bool(attributes) and attributes.get(sampling.KEEP_ATTRIBUTE) is True
+
+
+def keep_marked(ctx: Context | None = None) -> bool:
+    """Has the request of ``ctx`` (default: the current context) asked to be kept: the keep mark on
+    its span, or the debug baggage entry?"""
+    if _marked(trace.get_current_span(ctx)):
+        return True
+    return sampling.asks_to_keep(baggage.get_baggage(sampling.DEBUG_BAGGAGE, ctx))
+
+
+class KeepMarkSpanProcessor(SpanProcessor):
+    """Mark every span started in a context whose baggage asks to keep (``mlobs.debug=1``) with
+    ``mlobs.sampling.keep=true``: the tail sampler keeps the trace, and each span proves it to the
+    collector's exemplar transform, to our exemplar filter and to our log records."""
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        ctx = parent_context if parent_context is not None else context.get_current()
+        if sampling.asks_to_keep(baggage.get_baggage(sampling.DEBUG_BAGGAGE, ctx)):
+            span.set_attribute(sampling.KEEP_ATTRIBUTE, True)
+
+
+def _failed(span: ReadableSpan, attributes: Attributes) -> bool:
+    """Is a failure known at record time? The span's status already ERROR (the tail sampler's
+    errors policy reads it), or the measurement's attributes: semantic conventions set
+    ``error.type`` on a metric exactly when the operation failed (and its span then has status
+    ERROR), and the contract's ``outcome=error`` is recorded only with a failed server span."""
+    if span.status.status_code is StatusCode.ERROR:
+        return True
+    return bool(attributes) and (ERROR_TYPE in attributes or attributes.get(ATTR_OUTCOME) == "error")
+
+
+class KeptTracesExemplarFilter(ExemplarFilter):
+    """An exemplar only for a measurement whose trace the tail sampler surely keeps
+    (:meth:`mlobs.sampling.Rule.kept`), judged from the span it is recorded in.
+
+    The filter does not know the instrument, so the slow clause reads the span, not the value: a
+    span that has run longer than the slow threshold when the measurement is taken belongs to a
+    trace at least that long, whatever the value means (seconds, milliseconds, a count). A
+    measurement outside a recording, sampled span of this process (no span; a remote parent only;
+    a span a head sampler dropped) gets none: nothing proves its trace reaches the collector.
+    """
+
+    def __init__(self, rule: sampling.Rule) -> None:
+        self.rule = rule
+
+    def should_sample(self, value: float, time_unix_nano: int, attributes: Attributes, context: Context) -> bool:
+        span = trace.get_current_span(context)
+        if not isinstance(span, ReadableSpan):
+            return False
+        span_context = span.get_span_context()
+        if not span_context.is_valid or not span_context.trace_flags.sampled:
+            return False
+        start = span.start_time
+        end = span.end_time or time_unix_nano
+        elapsed_s = max(end - start, 0) / 1e9 if start else 0.0
+        return self.rule.kept(
+            trace.format_trace_id(span_context.trace_id),
+            error=_failed(span, attributes),
+            duration_s=elapsed_s,
+            keep_mark=_marked(span),
+        )
+
+
+def exemplar_filter(rule: sampling.Rule) -> ExemplarFilter | None:
+    """The exemplar filter for ``rule``: None (the SDK's, from ``OTEL_METRICS_EXEMPLAR_FILTER``) when
+    every trace is kept; below 100 %, :class:`KeptTracesExemplarFilter`, or none at all if
+    ``OTEL_METRICS_EXEMPLAR_FILTER=always_off`` asks for no exemplars."""
+    if rule.keeps_all:
+        return None
+    if os.environ.get(OTEL_METRICS_EXEMPLAR_FILTER, "").strip().lower() == "always_off":
+        return AlwaysOffExemplarFilter()
+    return KeptTracesExemplarFilter(rule)
+
+
+class KeepMarkMiddleware:
+    """ASGI middleware, inside the server span: a request with the header ``X-Mlobs-Debug: 1`` or
+    the baggage entry ``mlobs.debug=1`` gets ``mlobs.sampling.keep=true`` on its server span, and
+    the baggage entry in its context (so its other spans, logs and exemplars, and the calls it
+    makes downstream, are kept too)."""
+
+    _HEADER = sampling.DEBUG_HEADER.lower().encode("latin-1")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self._asks(scope):
+            await self.app(scope, receive, send)
+            return
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute(sampling.KEEP_ATTRIBUTE, True)
+        token = context.attach(baggage.set_baggage(sampling.DEBUG_BAGGAGE, "1"))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            context.detach(token)
+
+    def _asks(self, scope: Any) -> bool:
+        if sampling.asks_to_keep(baggage.get_baggage(sampling.DEBUG_BAGGAGE)):
+            return True
+        return any(
+            name == self._HEADER and sampling.asks_to_keep(value.decode("latin-1"))
+            for name, value in scope.get("headers", ())
+        )
 
 
 # --------------------------------------------------------------------------- logging
@@ -314,6 +496,16 @@ class BaggageFilter(logging.Filter):
                 value = baggage.get_baggage(key)
                 if value is not None:
                     record.__dict__[key] = str(value)
+        return True
+
+
+class _KeepMarkFilter(logging.Filter):
+    """``mlobs.sampling.keep=true`` on a record written in a span that carries the keep mark: the
+    collector then keeps the record's trace link (the trace is kept for the span's mark)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if sampling.KEEP_ATTRIBUTE not in record.__dict__ and _marked(trace.get_current_span()):
+            record.__dict__[sampling.KEEP_ATTRIBUTE] = True
         return True
 
 
@@ -406,6 +598,7 @@ def _configure_logging(telemetry: Telemetry, level: int, baggage_keys: Sequence[
         otlp.addFilter(_NotFromTheSdk())
         handlers.append(otlp)
     for handler in handlers:
+        handler.addFilter(_KeepMarkFilter())
         if baggage_keys:
             handler.addFilter(BaggageFilter(baggage_keys))
         setattr(handler, _HANDLER_MARK, True)
