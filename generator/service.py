@@ -6,7 +6,9 @@ POST /predict (one row or a batch), POST /feedback (the true label, later), GET 
 GET /readyz, GET /docs and /openapi.json, and /admin/faults to inject faults at run time.
 A prediction goes through four stages, each a span and a ``ml.stage.duration`` sample:
 validation, feature_extraction (with a downstream feature lookup, a CLIENT span),
-inference and postprocessing.
+inference and postprocessing. In the debug profile (``MLOBS_TRACE_DETAIL=true``), and for a
+request that asks to be kept (``X-Mlobs-Debug: 1`` or the baggage entry ``mlobs.debug=1``), each
+row also gets detail spans (``DETAIL_SPANS``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +69,14 @@ MAX_BATCH = 1000
 REGRESSION_SEED = 1
 # Prometheus caps an exemplar's labels at 128 characters; trace_id and span_id take 63.
 _MAX_EXEMPLAR_ID = 48
+
+#: Detail spans, one per row: where its features came from (under ``feature_extraction``), and its
+#: prediction (under ``postprocessing``). Only in the debug profile or for a request that asked to
+#: be kept (``Telemetry.wants_detail``); TELEMETRY.md lists their attributes.
+ROW_FEATURES_SPAN = "feature_extraction.row"
+ROW_PREDICTION_SPAN = "postprocessing.row"
+DETAIL_SPANS: tuple[str, ...] = (ROW_FEATURES_SPAN, ROW_PREDICTION_SPAN)
+ATTR_ROW_INDEX = "ml.row.index"
 
 
 # --------------------------------------------------------------------------- request models
@@ -269,9 +279,23 @@ class InferenceService:
                     await asyncio.sleep(delay)
                 self.faults.maybe_fail(name)
                 yield span
+            except Exception as exc:
+                # Failed before the duration is recorded (the span's exit would say so only after):
+                # the exemplar filter sees a failed span, whose trace the tail sampler keeps.
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise
             finally:
                 attrs = model_attributes(self.registry.current) | {"ml.stage": name} | exemplar
                 self.metrics.stage_duration.record(time.perf_counter() - started, attrs)
+
+    @contextmanager
+    def detail_span(self, name: str, detail: bool, attributes: Mapping[str, Any]) -> Iterator[trace.Span]:
+        """A detail span where ``detail`` says so, else a span that records nothing."""
+        if not detail:
+            yield trace.INVALID_SPAN
+            return
+        with self.tracer.start_as_current_span(name, attributes=attributes) as span:
+            yield span
 
     async def extract_features(self, request: PredictRequest) -> tuple[np.ndarray, list[dict[str, float]]]:
         single = request.instances is None
@@ -295,20 +319,31 @@ class InferenceService:
 
         errors = []
         complete: list[dict[str, float]] = []
+        detail = self.telemetry.wants_detail()
         for i, row in enumerate(rows):
-            merged = {**stored.get(row.patient_id or "", {}), **row.features}
-            where: list[str | int] = ["features"] if single else ["instances", i, "features"]
-            errors += [
-                _invalid(
-                    [*where, name],
-                    "Field required: not in the request"
-                    + (f" and not in the feature store for patient {row.patient_id}" if row.patient_id else ""),
-                    "missing",
+            with self.detail_span(ROW_FEATURES_SPAN, detail, {ATTR_ROW_INDEX: i}) as span:
+                from_store = stored.get(row.patient_id or "", {})
+                merged = {**from_store, **row.features}
+                missing = [name for name in FEATURE_NAMES if name not in merged]
+                where: list[str | int] = ["features"] if single else ["instances", i, "features"]
+                errors += [
+                    _invalid(
+                        [*where, name],
+                        "Field required: not in the request"
+                        + (f" and not in the feature store for patient {row.patient_id}" if row.patient_id else ""),
+                        "missing",
+                    )
+                    for name in missing
+                ]
+                complete.append(merged)
+                span.set_attributes(
+                    {
+                        "ml.features.from_request": len(row.features),
+                        "ml.features.from_store": len(from_store.keys() - row.features.keys()),
+                        "ml.features.missing": len(missing),
+                    }
+                    | ({"ml.feature_store.hit": row.patient_id in stored} if row.patient_id else {})
                 )
-                for name in FEATURE_NAMES
-                if name not in merged
-            ]
-            complete.append(merged)
         if errors:
             raise InvalidInput(errors)
 
@@ -411,12 +446,18 @@ class InferenceService:
         now = time.time()
         winners = probabilities.argmax(axis=1)
         out = []
+        detail = self.telemetry.wants_detail()
         for index, (row, winner) in enumerate(zip(probabilities, winners, strict=True)):
             label = CLASS_NAMES[int(winner)]
             confidence = float(row[winner])
-            self.metrics.predictions.add(1, attrs | {"ml.prediction.class": label})
-            self.metrics.confidence.record(confidence, attrs)
-            self.predictions.remember(request_id, index, Prediction(label, model.version, now))
+            with self.detail_span(
+                ROW_PREDICTION_SPAN,
+                detail,
+                {ATTR_ROW_INDEX: index, "ml.prediction.class": label, "ml.prediction.confidence": confidence},
+            ):
+                self.metrics.predictions.add(1, attrs | {"ml.prediction.class": label})
+                self.metrics.confidence.record(confidence, attrs)
+                self.predictions.remember(request_id, index, Prediction(label, model.version, now))
             out.append(
                 {
                     "index": index,
@@ -639,16 +680,12 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    if telemetry.enabled:
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=telemetry.tracer_provider,
-            meter_provider=telemetry.meter_provider,
-            excluded_urls=os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "healthz,readyz"),
-            exclude_spans=["receive", "send"],
-        )
+    # Server spans, and the keep marker (X-Mlobs-Debug, mlobs.debug baggage) inside them.
+    telemetry.instrument_fastapi(
+        app,
+        excluded_urls=os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "healthz,readyz"),
+        exclude_spans=["receive", "send"],
+    )
     return app
 
 

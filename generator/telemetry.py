@@ -1,7 +1,9 @@
 """The generator's telemetry (the service, the training job, the load generator): :mod:`mlobs.telemetry`
 with the views and the correlation ids of the contract (TELEMETRY.md).
 
-Configuration comes only from the standard ``OTEL_*`` variables (see :mod:`mlobs.telemetry`);
+Configuration comes from the standard ``OTEL_*`` variables (see :mod:`mlobs.telemetry`), and the
+keep rule of tail sampling from ``MLOBS_SAMPLING_*`` and ``MLOBS_TRACE_DETAIL`` (its Sampling
+section: exemplars only of kept traces, the per-request keep marker, detail spans);
 ``OTEL_SDK_DISABLED=true`` turns every signal off. Tests pass in-memory exporters instead.
 """
 

@@ -19,6 +19,7 @@ from generator.model import FEATURE_NAMES, ONLINE_FEATURES, load_dataset
 from generator.service import create_app
 from generator.telemetry import SERVICE_INFERENCE, Telemetry, setup_telemetry
 from generator.train import train_version
+from mlobs import sampling
 
 with warnings.catch_warnings():
     # Starlette 1.x nudges TestClient users towards httpx2; the pinned stack has httpx.
@@ -76,9 +77,19 @@ class Captured:
 
 
 @pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Captured]:
-    for var in ("OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME"):
+def sampling_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The MLOBS_SAMPLING_* / MLOBS_TRACE_DETAIL variables the service starts with: none (every
+    trace kept), unless a test parametrizes this fixture indirectly."""
+    return getattr(request, "param", {})
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch, sampling_env: dict[str, str]) -> Iterator[Captured]:
+    for var in ("OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME",
+                sampling.ENV_PERCENTAGE, sampling.ENV_SLOW_MS, sampling.ENV_KEEP_ERRORS, sampling.ENV_TRACE_DETAIL):
         monkeypatch.delenv(var, raising=False)
+    for var, value in sampling_env.items():
+        monkeypatch.setenv(var, value)
     spans = InMemorySpanExporter()
     reader = InMemoryMetricReader()
     logs = InMemoryLogRecordExporter()
