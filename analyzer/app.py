@@ -105,6 +105,7 @@ def create_app(
         baseline_seconds=settings.baseline_seconds,
         step_seconds=settings.step_seconds,
         rate_window=settings.rate_window,
+        slow_seconds=settings.slow_seconds,
         clock=clock,
     )
     store = IncidentStore(settings.max_incidents)

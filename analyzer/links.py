@@ -8,9 +8,10 @@ any mlobs Grafana.
 from __future__ import annotations
 
 from analyzer.models import Finding, Links
+from analyzer.settings import Settings
 from mlobs import explore
 
-DEFAULT_SLOW = 0.5
+DEFAULT_SLOW = Settings.slow_seconds
 
 
 def quote_value(value: str) -> str:
@@ -22,23 +23,24 @@ def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def slow_threshold(finding: Finding) -> float:
-    """Halfway between the baseline and the current latency: only the traces that got slower."""
+def slow_threshold(finding: Finding, slow: float = DEFAULT_SLOW) -> float:
+    """Halfway between the baseline and the current latency: only the traces that got slower; else
+    ``slow``, the tail sampler's slow threshold (those traces are all kept)."""
     if finding.baseline is not None and finding.current is not None and finding.current > finding.baseline:
         return (finding.baseline + finding.current) / 2
-    return DEFAULT_SLOW
+    return slow
 
 
-def traceql(finding: Finding, job: str | None, model_version: str | None = None) -> str:
+def traceql(finding: Finding, job: str | None, model_version: str | None = None, slow: float = DEFAULT_SLOW) -> str:
     service = [f"resource.service.name = {quote_value(job)}"] if job else []
     if finding.kind in ("stage_latency", "downstream_latency"):
-        terms = [*service, f"name = {quote_value(finding.subject)}", f"duration > {_ms(slow_threshold(finding))}"]
+        terms = [*service, f"name = {quote_value(finding.subject)}", f"duration > {_ms(slow_threshold(finding, slow))}"]
     elif finding.kind == "errors":
         terms = [*service, f"name = {quote_value(finding.subject)}", "status = error"]
     elif finding.kind == "model_regression" and model_version:
         terms = [*service, f"span.ml.model.version = {quote_value(model_version)}"]
     else:
-        terms = [*service, f"(status = error || duration > {_ms(DEFAULT_SLOW)})"]
+        terms = [*service, f"(status = error || duration > {_ms(slow)})"]
     return "{ " + " && ".join(terms) + " }"
 
 
@@ -58,8 +60,9 @@ def build_links(
     model_version: str | None,
     start_ms: int,
     end_ms: int,
+    slow: float = DEFAULT_SLOW,
 ) -> Links:
-    trace_query = traceql(finding, job, model_version)
+    trace_query = traceql(finding, job, model_version, slow)
     log_query = logql(finding, job)
 
     def url(uid: str, query: dict[str, object]) -> str:

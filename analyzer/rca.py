@@ -52,6 +52,7 @@ RECENT_SECONDS = Settings.recent_seconds
 BASELINE_SECONDS = Settings.baseline_seconds
 STEP_SECONDS = Settings.step_seconds
 RATE_WINDOW = Settings.rate_window
+SLOW_SECONDS = Settings.slow_seconds
 DEPLOY_WINDOW = "15m"
 # An alert analysed long after it started (a repeated notification) is still judged at its start.
 ANCHOR_SECONDS = 600
@@ -322,6 +323,7 @@ class RootCauseAnalyzer:
         baseline_seconds: float = BASELINE_SECONDS,
         step_seconds: float = STEP_SECONDS,
         rate_window: str = RATE_WINDOW,
+        slow_seconds: float = SLOW_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.prometheus = prometheus
@@ -331,6 +333,7 @@ class RootCauseAnalyzer:
         self.baseline_seconds = baseline_seconds
         self.step_seconds = step_seconds
         self.rate_window = rate_window
+        self.slow_seconds = slow_seconds
         self.clock = clock
 
     @property
@@ -501,6 +504,7 @@ class RootCauseAnalyzer:
             model_version=new_version or target.model_version,
             start_ms=int(start * 1000),
             end_ms=int((end + self.recent_seconds) * 1000),
+            slow=self.slow_seconds,
         )
         return Incident(
             fingerprint=alert.fingerprint,

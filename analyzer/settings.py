@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mlobs.config import Alerts, AnalyzerSettings, Ports
+from mlobs.config import Alerts, AnalyzerSettings, Ports, Sampling
 
 # The defaults are stack.yaml's (mlobs/config.py); the stack passes the values it loaded.
 _WINDOWS = AnalyzerSettings()
@@ -33,6 +33,9 @@ class Settings:
     baseline_seconds: float = _WINDOWS.baseline_window.seconds
     step_seconds: float = _WINDOWS.step.seconds
     rate_window: str = str(Alerts().rate_window)
+    # A slow trace, for the links of a finding: the tail sampler's threshold (sampling.slow_threshold_ms,
+    # which the stack passes to every service as MLOBS_SAMPLING_SLOW_MS).
+    slow_seconds: float = Sampling().slow_threshold_ms / 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,4 +68,5 @@ class Settings:
             baseline_seconds=number("MLOBS_ANALYZER_BASELINE_SECONDS", cls.baseline_seconds, float),
             step_seconds=number("MLOBS_ANALYZER_STEP_SECONDS", cls.step_seconds, float),
             rate_window=env.get("MLOBS_ANALYZER_RATE_WINDOW") or cls.rate_window,
+            slow_seconds=number("MLOBS_SAMPLING_SLOW_MS", cls.slow_seconds * 1000, float) / 1000,
         )

@@ -126,3 +126,16 @@ def test_durations_render_as_written() -> None:
     text = render.render(render.compose_target(s))
     assert "for: 1m30s\n" in text["prometheus/rules/thresholds.yml"]
     assert "group_wait: 1500ms\n" in text["alertmanager/alertmanager.yml"]
+
+
+def test_the_slow_threshold_reaches_the_analyzers_trace_links() -> None:
+    from analyzer.links import build_links
+    from analyzer.models import Finding
+    from mlobs import components
+
+    settings = Settings.from_env(components.sampling_env(_with("sampling", {"slow_threshold_ms": 250})))
+    assert settings.slow_seconds == 0.25
+    finding = Finding(kind="traffic", subject="x", score=1.0, summary="", evidence="")
+    links = build_links(finding, promql="up", grafana="", job="j", model_version=None, start_ms=0, end_ms=1,
+                        slow=settings.slow_seconds)
+    assert links.traceql == '{ resource.service.name = "j" && (status = error || duration > 250ms) }'
