@@ -40,7 +40,7 @@ clean: venv ## stop the stack and delete its data
 
 render: venv ## render every config and dashboard from stack.yaml
 	$(BIN)/mlobs render
-	$(BIN)/python -m mlobs.dashboards
+	$(BIN)/mlobs dashboards
 
 native-deps: venv ## build collector, Prometheus, Alertmanager, Jaeger, VictoriaLogs (+ promtool, amtool) from the Go module proxy
 	$(BIN)/mlobs native-deps
@@ -66,7 +66,7 @@ verify: venv ## follow one request across metrics, traces and logs on the runnin
 lint: venv querycheck-deps ## ruff, drift of rendered files, compose and workflow schemas
 	$(BIN)/ruff check .
 	$(BIN)/mlobs render --check
-	$(BIN)/python -m mlobs.dashboards --check
+	$(BIN)/mlobs dashboards --check
 
 test: venv native-deps querycheck-deps ## the whole test suite, with the real binaries
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \

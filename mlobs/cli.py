@@ -289,8 +289,27 @@ def _build_native(s: config.Stack, only: list[str] | None = None) -> None:
 @app.command(name="native-deps")
 def native_deps(stack: StackOpt = ROOT / "stack.yaml",
                 only: Annotated[list[str] | None, typer.Option(help="build only these binaries")] = None) -> None:
-    """Build the collector, Prometheus, promtool, Alertmanager, amtool, Jaeger and VictoriaLogs from the Go module proxy."""
+    """Build the collector, Prometheus, promtool, Alertmanager, amtool, Jaeger and VictoriaLogs
+    from the Go module proxy."""
     _build_native(_load(stack), only)
+
+
+@app.command()
+def dashboards(stack: StackOpt = ROOT / "stack.yaml",
+               check: Annotated[bool, typer.Option("--check", help="fail if committed dashboards differ")] = False,
+               out: Annotated[Path | None, typer.Option(help="folder (default grafana/dashboards)")] = None,
+               ) -> None:
+    """Generate the Grafana dashboards (grafana/dashboards/*.json) from stack.yaml, or check them."""
+    from mlobs import dashboards as dash
+
+    out_dir = out or dash.DASHBOARD_DIR
+    problems = dash.render_all(_load(stack), check=check, out_dir=out_dir)
+    for problem in problems:
+        err.print(problem, highlight=False)
+    if problems:
+        err.print("[red]Run `make render`, remove the files it does not generate, and commit.[/red]")
+        raise typer.Exit(1)
+    console.print(f"Dashboards in {out_dir} are up to date." if check else f"Wrote the dashboards to {out_dir}.")
 
 
 @app.command()

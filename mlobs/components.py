@@ -162,12 +162,14 @@ def otlp_env_to(endpoint: str, service_name: str, export_interval_ms: int = 5000
 
 
 def sampling_env(stack: Stack) -> dict[str, str]:
+    from mlobs import sampling
+
     s = stack.sampling
     return {
-        "MLOBS_SAMPLING_PERCENTAGE": f"{s.effective_percentage:g}",
-        "MLOBS_SAMPLING_SLOW_MS": str(s.slow_threshold_ms),
-        "MLOBS_SAMPLING_KEEP_ERRORS": "true" if s.keep_errors else "false",
-        "MLOBS_TRACE_DETAIL": "true" if s.profile == "debug" else "false",
+        sampling.ENV_PERCENTAGE: f"{s.effective_percentage:g}",
+        sampling.ENV_SLOW_MS: str(s.slow_threshold_ms),
+        sampling.ENV_KEEP_ERRORS: "true" if s.keep_errors else "false",
+        sampling.ENV_TRACE_DETAIL: "true" if s.profile == "debug" else "false",
     }
 
 

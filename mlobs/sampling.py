@@ -1,7 +1,7 @@
 """The keep rule of tail sampling, defined once, so every link can be checked against it.
 
 The collector keeps a trace when any span failed, when it ran longer than the slow threshold, when
-a request asked to be kept (the ``mlobs.sampling.keep`` attribute, set from the ``mlobs-debug``
+a request asked to be kept (the ``mlobs.sampling.keep`` attribute, set from the ``mlobs.debug``
 baggage entry or header), and otherwise by **consistent probability sampling** on the trace id's
 randomness: the rightmost 56 bits of a W3C random trace id, kept when at least the threshold
 ``T = (1 - p) * 2**56`` (OpenTelemetry's consistent-probability sampling, the ``th`` of tracestate).

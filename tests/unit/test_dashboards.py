@@ -25,7 +25,6 @@ from mlobs.dashboards import (
     render_all,
     write_all,
 )
-from mlobs.dashboards.__main__ import main
 from mlobs.dashboards.common import FIXED_DATASOURCE_UIDS, TAG
 from mlobs.dashboards.queries import BUILTIN_VALUES, variable_defaults, variables_in
 
@@ -96,7 +95,7 @@ def test_all_five_dashboards_are_built_with_stable_uids() -> None:
 
 def test_committed_dashboards_match_the_generator() -> None:
     problems = drift(STACK, DASHBOARD_DIR)
-    assert not problems, "run `python -m mlobs.dashboards`:\n" + "\n".join(problems)
+    assert not problems, "run `mlobs dashboards`:\n" + "\n".join(problems)
 
 
 def test_generation_is_deterministic() -> None:
@@ -113,6 +112,15 @@ def test_drift_check_reports_an_edited_a_missing_and_a_stray_file(tmp_path: Path
     assert "ml-inference-overview.json: differs" in problems
     assert "stack-health.json: missing" in problems
     assert "hand-made.json: not generated" in problems
+
+
+def main(args: list[str]) -> int:
+    """`mlobs dashboards ARGS`, through the one CLI."""
+    from typer.testing import CliRunner
+
+    from mlobs.cli import app
+
+    return CliRunner().invoke(app, ["dashboards", *args]).exit_code
 
 
 def test_cli_check_exits_1_on_drift_and_0_once_regenerated(tmp_path: Path) -> None:
