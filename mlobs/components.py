@@ -149,6 +149,12 @@ def otlp_env(p: Place, service_name: str, export_interval_ms: int = 5000) -> dic
     return {**otlp_env_to(p.url("otlp_http"), service_name, export_interval_ms), **sampling_env(p.stack)}
 
 
+#: The SDK's span export delay. Tail sampling decides a trace ``sampling.decision_wait`` after its
+#: first span arrives: spans exported later follow a decision made without them (an error span
+#: among them would be lost with its trace), so the delay must stay well below the wait.
+BSP_SCHEDULE_DELAY_MS = 1000
+
+
 def otlp_env_to(endpoint: str, service_name: str, export_interval_ms: int = 5000,
                 environment: str = "local") -> dict[str, str]:
     """The OTEL_* variables for any OTLP/HTTP endpoint (the stack's collector, or a test sink)."""
@@ -156,6 +162,7 @@ def otlp_env_to(endpoint: str, service_name: str, export_interval_ms: int = 5000
         "OTEL_SERVICE_NAME": service_name,
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": str(BSP_SCHEDULE_DELAY_MS),
         "OTEL_METRIC_EXPORT_INTERVAL": str(export_interval_ms),
         "OTEL_RESOURCE_ATTRIBUTES": f"deployment.environment.name={environment}",
     }

@@ -151,6 +151,16 @@ class Sampling(Strict):
     percentage: float = Field(100, ge=0, le=100, description="share of the other traces kept")
     decision_wait: Duration = "5s"
 
+    @field_validator("decision_wait")
+    @classmethod
+    def _after_the_export_delay(cls, v: Duration) -> Duration:
+        floor = 2 * registry.BSP_SCHEDULE_DELAY_MS / 1000
+        if v.seconds < floor:
+            raise ValueError(f"must be at least {floor:g}s, twice the services' span export delay "
+                             f"(OTEL_BSP_SCHEDULE_DELAY={registry.BSP_SCHEDULE_DELAY_MS}): spans exported "
+                             f"after the decision would be lost with their trace, got {str(v)!r}")
+        return v
+
     @property
     def effective_percentage(self) -> float:
         return 100.0 if self.profile == "debug" else float(self.percentage)

@@ -84,6 +84,13 @@ def check_links(sut: StackUnderTest, seconds: float, seed: int) -> dict[str, Any
     print(f"link integrity ({sut.traces.name}, {sut.logs.name}): {figures}")
     assert len(exemplars) >= MIN_EXEMPLARS, figures
     assert error_logs, figures
+    if missing:
+        # What the collector's tail sampler says, and what we know of each missing trace.
+        text = httpx.get(f"{sut.url('collector_metrics')}/metrics", timeout=10).text
+        sampler = [ln for ln in text.splitlines() if "tail_sampling" in ln and not ln.startswith("#")][:40]
+        known = {t: {"sent": t in facts["codes"], "code": facts["codes"].get(t), "error log": t in error_logs,
+                     "by chance": sampling.kept_by_chance(t, pct)} for t in sorted(missing)[:10]}
+        print("link integrity: missing traces:", known, "\n" + "\n".join(sampler))
     assert not missing, {"missing": sorted(missing)[:10], **figures}
     if pct < 100:
         # The share is really in effect: healthy fast traces the rule drops are not stored.
