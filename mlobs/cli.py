@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -39,26 +40,55 @@ def _schema_text() -> str:
     return json.dumps(config.json_schema(), indent=2, sort_keys=True) + "\n"
 
 
+RENDER_TARGETS = ("compose", "kubernetes")
+
+
 @app.command(name="render")
 def render_cmd(
     stack: StackOpt = ROOT / "stack.yaml",
     check: Annotated[bool, typer.Option("--check", help="fail if committed files differ")] = False,
+    target: Annotated[str | None, typer.Option(
+        help="compose or kubernetes; without it, every committed output (both, and the schema)")] = None,
+    out: Annotated[Path | None, typer.Option(help="with --target kubernetes: the folder (deploy/kubernetes)")] = None,
 ) -> None:
-    """Render every component's config (compose target) and the stack.yaml JSON Schema."""
+    """Render every component's config (compose target), the Kubernetes manifests and the stack.yaml JSON Schema."""
+    from mlobs import kubernetes
+
+    if target is not None and target not in RENDER_TARGETS:
+        err.print(f"--target: {target!r} is not allowed; allowed values: {', '.join(RENDER_TARGETS)}")
+        raise typer.Exit(2)
+    if out is not None and target != "kubernetes":
+        err.print("--out: only with --target kubernetes")
+        raise typer.Exit(2)
     s = _load(stack)
-    files = render.render(render.compose_target(s))
-    files[str(SCHEMA.relative_to(ROOT))] = _schema_text()
+    # (files, folder, drift check, writer) of each output
+    outputs: list[tuple[dict[str, str], Path, Callable[[dict[str, str], Path], list[str]],
+                        Callable[[dict[str, str], Path], list[Path]]]] = []
+    if target in (None, "compose"):
+        files = render.render(render.compose_target(s))
+        files[str(SCHEMA.relative_to(ROOT))] = _schema_text()
+        outputs.append((files, ROOT, render.drift, render.write))
+    if target in (None, "kubernetes"):
+        try:
+            manifests = kubernetes.render_files(s)
+        except kubernetes.KubernetesError as e:
+            err.print(f"[red]{e}[/red]", highlight=False)
+            raise typer.Exit(2) from None
+        outputs.append((manifests, (out or kubernetes.OUT).resolve(), kubernetes.drift, kubernetes.write))
+    count = sum(len(files) for files, *_ in outputs)
     if check:
-        stale = render.drift(files, ROOT)
+        stale = [str((folder / rel).relative_to(ROOT)) if (folder / rel).is_relative_to(ROOT) else rel
+                 for files, folder, drift, _ in outputs for rel in drift(files, folder)]
         if stale:
             err.print("[red]Rendered files differ from stack.yaml and the templates:[/red] " + ", ".join(stale)
                       + "\nRun `make render` and commit the result.")
             raise typer.Exit(1)
-        console.print(f"{len(files)} rendered files match.")
+        console.print(f"{count} rendered files match.")
         return
-    changed = render.write(files, ROOT)
-    console.print(f"Rendered {len(files)} files, {len(changed)} changed"
-                  + (": " + ", ".join(str(p.relative_to(ROOT)) for p in changed) if changed else "."))
+    changed = [p for files, folder, _, write in outputs for p in write(files, folder)]
+    console.print(f"Rendered {count} files, {len(changed)} changed"
+                  + (": " + ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+                                      for p in changed) if changed else "."))
 
 
 @app.command()

@@ -254,6 +254,50 @@ class GrafanaSettings(Strict):
     anonymous_viewer: bool = False
 
 
+class Buckets(Strict):
+    loki_chunks: str = Field("mlobs-loki", description="Loki's chunks and index")
+    tempo: str = "mlobs-tempo"
+
+
+class ObjectStorage(Strict):
+    """The S3-compatible object storage of Loki and Tempo on Kubernetes. The credentials are a
+    Secret of yours (keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): only its name is written."""
+
+    endpoint: str = Field("minio.minio.svc:9000", description="host:port of the S3-compatible endpoint")
+    region: str = "us-east-1"
+    insecure: bool = Field(False, description="plain HTTP to the endpoint")
+    buckets: Buckets = Buckets()
+    credentials_secret: str = Field("mlobs-object-storage", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class LongTermStore(Strict):
+    """Where Prometheus remote-writes: Mimir (a tenant header) or any remote-write endpoint."""
+
+    kind: Literal["mimir", "remote_write"] = "mimir"
+    url: str = Field("http://mimir-distributor.mimir.svc:8080/api/v1/push", pattern=r"^https?://")
+    tenant: str | None = Field(None, description="Mimir's X-Scope-OrgID")
+    credentials_secret: str | None = Field(None, description="Secret with keys username and password (basic auth)")
+
+
+class Kafka(Strict):
+    """Tempo 3's microservices mode writes through a Kafka-compatible log that you run."""
+
+    address: str = "kafka.kafka.svc:9092"
+    topic: str = "mlobs-tempo"
+
+
+class KubernetesSettings(Strict):
+    """`mlobs render --target kubernetes` (mlobs/kubernetes.py). Every field has a default."""
+
+    namespace: str = Field("mlobs", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    image_registry: str = Field("", description="prefix of the images built here (the sample service, the analyzer)")
+    storage_class: str | None = Field(None, description="of every PersistentVolumeClaim; the cluster default otherwise")
+    secret: str = Field("mlobs-secrets", description="Secret with GRAFANA_ADMIN_PASSWORD and MLOBS_ADMIN_TOKEN")
+    object_storage: ObjectStorage = ObjectStorage()
+    long_term_store: LongTermStore = LongTermStore()
+    kafka: Kafka = Kafka()
+
+
 class Stack(Strict):
     components: Components  # type: ignore[valid-type]
     backends: Backends = Backends()
@@ -266,6 +310,7 @@ class Stack(Strict):
     extra_exporters: list[ExtraExporter] = []
     grafana: GrafanaSettings = GrafanaSettings()
     analyzer: AnalyzerSettings = AnalyzerSettings()
+    kubernetes: KubernetesSettings | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> Stack:

@@ -21,7 +21,7 @@ from mlobs import sampling
 from mlobs.config import Stack, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-TargetName = Literal["compose", "native"]
+TargetName = Literal["compose", "native", "kubernetes"]
 #: Components the configs dial and export to: those with a binary of their own (mlobs/components.py).
 BACKENDS = tuple(c.name for c in registry.REGISTRY if c.binaries and c.name != "otel-collector")
 
@@ -66,6 +66,8 @@ class Target:
     data_dir: Path = ROOT / ".stack" / "data"
     paths: dict[str, str] = field(default_factory=dict)
     missing_components: frozenset[str] = frozenset()
+    #: kubernetes: the in-cluster DNS name of the Service that answers each port key (mlobs/kubernetes.py)
+    dns: dict[str, str] = field(default_factory=dict)
 
     def _port(self, key: str) -> tuple[str, int, int]:
         c = registry.owner_of(key)
@@ -75,7 +77,7 @@ class Target:
     def listen(self, key: str) -> str:
         """Address a component binds: every interface inside a container, loopback natively."""
         _, container_port, host_port = self._port(key)
-        if self.name == "compose":
+        if self.name in ("compose", "kubernetes"):
             return f"0.0.0.0:{container_port}"
         return f"127.0.0.1:{host_port}"
 
@@ -88,11 +90,13 @@ class Target:
         service, container_port, host_port = self._port(key)
         if self.name == "compose":
             return f"{service}:{container_port}"
+        if self.name == "kubernetes":
+            return f"{self.dns[key]}:{container_port}"
         return f"127.0.0.1:{host_port}"
 
     def port(self, key: str) -> int:
         _, container_port, host_port = self._port(key)
-        return container_port if self.name == "compose" else host_port
+        return host_port if self.name == "native" else container_port
 
     def host_port(self, key: str) -> int:
         return getattr(self.stack.ports, key)
@@ -302,7 +306,8 @@ def render(target: Target) -> dict[str, str]:
     ctx = context(target)
     out: dict[str, str] = {}
     for tpl, dest, targets in template_list():
-        if target.name not in targets:
+        # Kubernetes runs the images compose runs: it reads every config compose reads.
+        if target.name not in targets and not (target.name == "kubernetes" and "compose" in targets):
             continue
         text = env.get_template(tpl).render(ctx)
         out[dest] = header_line(tpl) + text
