@@ -352,6 +352,37 @@ def bench(requests: Annotated[int, typer.Option(help="measured requests per mode
 
 
 @app.command()
+def size(
+    rps: Annotated[float, typer.Option(help="requests per second, all services together")],
+    services: Annotated[int, typer.Option(help="model services sending telemetry")],
+    spans_per_request: Annotated[float | None, typer.Option(help="default: the sample service's")] = None,
+    log_lines_per_request: Annotated[float | None, typer.Option(help="default: the sample service's")] = None,
+    retention: Annotated[str | None, typer.Option(help="one retention for every store (default: stack.yaml's)")] = None,
+    stack: StackOpt = ROOT / "stack.yaml",
+) -> None:
+    """Size the Kubernetes target: collector agents and gateways, ingest, active series, storage per day."""
+    from mlobs import sizing
+
+    s = _load(stack)
+    if rps <= 0 or services < 1:
+        err.print("--rps must be above 0 and --services at least 1")
+        raise typer.Exit(2)
+    if retention is not None:
+        try:
+            config.Duration(retention)
+        except ValueError as e:
+            err.print(f"--retention: {e}")
+            raise typer.Exit(2) from None
+    load = sizing.Load(rps, services,
+                       sizing.SAMPLE_SPANS_PER_REQUEST if spans_per_request is None else spans_per_request,
+                       sizing.SAMPLE_LOG_LINES_PER_REQUEST if log_lines_per_request is None else log_lines_per_request,
+                       s.sampling.effective_percentage / 100)
+    figs, provenance = sizing.figures()
+    for line in sizing.report(load, sizing.size(load, s, figs, retention), figs, provenance):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
 def pins(stack: StackOpt = ROOT / "stack.yaml") -> None:
     """Print every pinned component version."""
     s = _load(stack)
