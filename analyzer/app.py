@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from analyzer.grafana import GrafanaAnnotator
 from analyzer.models import Incident, WebhookAlert, WebhookPayload
 from analyzer.prometheus import PrometheusAPI, PrometheusClient
-from analyzer.rca import RootCauseAnalyzer
+from analyzer.rca import RootCauseAnalyzer, Target
 from analyzer.settings import Settings
 from analyzer.telemetry import disabled, incidents_counter, setup_telemetry
 from mlobs.telemetry import Telemetry, package_version
@@ -127,11 +127,12 @@ def create_app(
         return JSONResponse(status_code=422, content=body)
 
     def firing(alert: WebhookAlert) -> dict[str, Any]:
+        target = Target.from_labels(alert.labels)
         attributes = {
             "alertname": alert.alertname,
-            "job": alert.labels.get("job", ""),
-            "ml.model.name": alert.labels.get("ml_model_name", ""),
-            "ml.model.version": alert.labels.get("ml_model_version", ""),
+            "job": target.job or "",
+            "ml.model.name": target.model_name or "",
+            "ml.model.version": target.model_version or "",
             "alert.fingerprint": alert.fingerprint,
         }
         with telemetry.tracer.start_as_current_span("analyze alert", attributes=attributes) as span:

@@ -13,6 +13,7 @@ from datetime import datetime
 import httpx
 
 from analyzer.models import Incident
+from analyzer.rca import Target
 
 _log = logging.getLogger(__name__)
 
@@ -27,13 +28,10 @@ def annotation_tags(incident: Incident) -> list[str]:
 
 def annotation_text(incident: Incident) -> str:
     top = incident.top_suspect
-    labels = incident.labels
-    scope = labels.get("job", "")
-    if labels.get("ml_model_name"):
-        scope += f" {labels['ml_model_name']}" + (
-            f" v{labels['ml_model_version']}" if labels.get("ml_model_version") else ""
-        )
-    head = f"{incident.alertname}" + (f" ({scope.strip()})" if scope.strip() else "")
+    target = Target.from_labels(incident.labels)
+    model = target.model_name and target.model_name + (f" v{target.model_version}" if target.model_version else "")
+    scope = " ".join(part for part in (target.job, model, target.operation) if part)
+    head = f"{incident.alertname}" + (f" ({scope})" if scope else "")
     if top.kind == "unknown":
         return f"{head}: no suspect, nothing moved beyond its baseline"
     return f"{head}: top suspect {top.kind} {top.subject} (score {top.score:.2f}): {top.summary}"

@@ -12,6 +12,9 @@ from analyzer.settings import Settings
 from mlobs import explore
 
 DEFAULT_SLOW = Settings.slow_seconds
+# The severity texts of log records worth a look: OpenTelemetry's short names (WARN, ERROR, FATAL;
+# Python's SDK writes CRITICAL as FATAL) and the level names other bridges pass through as they are.
+ALERTING_SEVERITIES = ("WARN", "WARNING", "ERROR", "FATAL", "CRITICAL")
 
 
 def quote_value(value: str) -> str:
@@ -31,9 +34,11 @@ def slow_threshold(finding: Finding, slow: float = DEFAULT_SLOW) -> float:
     return slow
 
 
-def traceql(finding: Finding, job: str | None, model_version: str | None = None, slow: float = DEFAULT_SLOW) -> str:
-    service = [f"resource.service.name = {quote_value(job)}"] if job else []
-    if finding.kind in ("stage_latency", "downstream_latency"):
+def traceql(
+    finding: Finding, service_name: str | None, model_version: str | None = None, slow: float = DEFAULT_SLOW
+) -> str:
+    service = [f"resource.service.name = {quote_value(service_name)}"] if service_name else []
+    if finding.kind in ("operation_latency", "stage_latency", "downstream_latency"):
         terms = [*service, f"name = {quote_value(finding.subject)}", f"duration > {_ms(slow_threshold(finding, slow))}"]
     elif finding.kind == "errors":
         terms = [*service, f"name = {quote_value(finding.subject)}", "status = error"]
@@ -44,11 +49,13 @@ def traceql(finding: Finding, job: str | None, model_version: str | None = None,
     return "{ " + " && ".join(terms) + " }"
 
 
-def logql(finding: Finding, job: str | None) -> str:
-    stream = f"{{service_name={quote_value(job)}}}" if job else '{service_name=~".+"}'
+def logql(finding: Finding, service_name: str | None) -> str:
+    stream = f"{{service_name={quote_value(service_name)}}}" if service_name else '{service_name=~".+"}'
     if finding.kind == "model_regression":
         return f'{stream} | event_name=~"model.deployed|training.finished"'
-    return f'{stream} | severity_text=~"WARN|ERROR|CRITICAL"'
+    if finding.kind == "logs":
+        return f"{stream} | severity_text={quote_value(finding.subject)}"
+    return f"{stream} | severity_text=~{quote_value('|'.join(ALERTING_SEVERITIES))}"
 
 
 def build_links(
@@ -56,14 +63,14 @@ def build_links(
     *,
     promql: str,
     grafana: str,
-    job: str | None,
+    service: str | None,
     model_version: str | None,
     start_ms: int,
     end_ms: int,
     slow: float = DEFAULT_SLOW,
 ) -> Links:
-    trace_query = traceql(finding, job, model_version, slow)
-    log_query = logql(finding, job)
+    trace_query = traceql(finding, service, model_version, slow)
+    log_query = logql(finding, service)
 
     def url(uid: str, query: dict[str, object]) -> str:
         return explore.url(uid, query, grafana=grafana, start=start_ms, end=end_ms, pane="rca")

@@ -10,7 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 AlertStatus = Literal["firing", "resolved"]
 FindingKind = Literal[
-    "stage_latency", "downstream_latency", "errors", "drift", "model_regression", "traffic", "unknown"
+    "operation_latency",
+    "stage_latency",
+    "downstream_latency",
+    "errors",
+    "logs",
+    "drift",
+    "model_regression",
+    "traffic",
+    "unknown",
 ]
 
 

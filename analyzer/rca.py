@@ -1,18 +1,21 @@
 """Root-cause analysis of one alert over the Prometheus HTTP API.
 
-For the alert's ``job`` / ``ml_model_name`` (labels of every ``ml_*`` series, see
-``generator/TELEMETRY.md``) it asks Prometheus for each candidate signal over the last 65
-minutes, scores how far the latest point moved from the hour before the last 5 minutes
-(:mod:`analyzer.detect`), and ranks the candidates:
+For the service the alert is about (its ``job`` or ``service_name`` label) and, where the alert
+names one, its model (``ml_model_name``), it asks Prometheus for each candidate signal over the
+last 65 minutes, scores how far the latest point moved from the hour before the last 5 minutes
+(:mod:`analyzer.detect`), and ranks the candidates. Span metrics and log counts exist for every
+service that sends OTLP; the ``ml_*`` signals of ``generator/TELEMETRY.md`` only for services that
+emit them, and without them those candidates are simply absent.
 
 ============================  ===================  =========================================
 signal                        finding kind         subject
 ============================  ===================  =========================================
+span p95 / p99 (span metrics) operation_latency,   ``span_name``: SERVER / CONSUMER spans are
+                              stage_latency,       the operations, INTERNAL spans stages,
+                              downstream_latency   CLIENT / PRODUCER spans downstream calls
 stage p95 / p99               stage_latency        ``ml_stage``
-span p95 / p99 (span metrics) stage_latency,       ``span_name``: CLIENT spans (the feature
-                              downstream_latency   lookup) are downstream; SERVER spans are the
-                                                   symptom and are skipped
-span error ratio              errors               ``span_name`` (SERVER spans weigh half)
+span error ratio              errors               ``span_name`` (any span kind)
+log records by severity       logs                 ``severity_text`` (WARN, ERROR, ...)
 PSI, KS by feature            drift                ``ml_feature``
 accuracy, F1 (worst version)  model_regression     the model version; full weight only after a
                                                    deployment in the last 15m, else half
@@ -20,10 +23,16 @@ request rate                  traffic              the job (weighs 0.6: usually 
 ============================  ===================  =========================================
 
 A score is ``weight · significance · effect``: significance grows with the z-score beyond 3,
-effect with the size of the change against what counts as a lot for that signal (100 ms, 5
-points of error ratio, 0.1 of PSI or KS, 5 points of accuracy, a doubling of traffic); both
-saturate below 1. A stage whose added latency is mostly that of a downstream span weighs half.
-Nothing moved → one ``unknown`` finding.
+effect with the size of the change against what counts as a lot for that signal (100 ms, the
+error-ratio alert threshold of 5 points, 0.1 of PSI or KS, 5 points of accuracy, a doubling of
+traffic or of a log rate); both saturate below 1.
+
+Spans nest: an operation (SERVER) runs stages (INTERNAL) that call downstream services (CLIENT).
+Span metrics do not say which span is whose parent, so within the service a deeper span that
+moved explains a shallower one: an operation or stage whose added latency is mostly that of a
+deeper span, or whose errors come with errors of a deeper span, is a symptom and weighs half.
+Log counts weigh 0.6: they say something is wrong, not where. Nothing moved → one ``unknown``
+finding.
 
 The ground-truth series ``ml_fault_active`` is never read: it exists only so tests can judge
 this analysis against the injected fault.
@@ -42,10 +51,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from analyzer.detect import ROBUST_THRESHOLD, SIGMA_THRESHOLD, Anomaly, detect
-from analyzer.links import build_links, quote_value
+from analyzer.links import ALERTING_SEVERITIES, build_links, quote_value
 from analyzer.models import Finding, FindingKind, Incident, WebhookAlert
 from analyzer.prometheus import PrometheusAPI, RangeSeries, Sample
 from analyzer.settings import Settings
+from mlobs.config import Alerts
 
 # The defaults of the windows: stack.yaml's, through the analyzer's settings.
 RECENT_SECONDS = Settings.recent_seconds
@@ -58,9 +68,22 @@ DEPLOY_WINDOW = "15m"
 ANCHOR_SECONDS = 600
 MIN_SCORE = 0.05
 MAX_FINDINGS = 10
-STAGE_EXPLAINED_WEIGHT = 0.5
-SERVER_SPAN_WEIGHT = 0.5
+
+# Significance: 0 at a z-score of SIGNIFICANCE_FROM_Z, one half SIGNIFICANCE_SCALE_Z beyond it.
+SIGNIFICANCE_FROM_Z = 3.0
+SIGNIFICANCE_SCALE_Z = 4.0
+# Effect: what counts as a lot of change (an effect of 1, scored one half) for each signal.
+LATENCY_EFFECT = 0.1  # seconds of p95 / p99
+ERROR_RATIO_EFFECT = Alerts().error_ratio  # the error-ratio alert's threshold (alerts.error_ratio)
+DRIFT_EFFECT = 0.1  # PSI or KS: the rule of thumb's "moderate" (alerts.drift_psi, 0.2, is "significant")
+QUALITY_EFFECT = 0.05  # points of accuracy or F1
+RATE_EFFECT = 1.0  # doublings of a rate (traffic, log records)
+
+# Weights: a candidate that is more likely a symptom than a cause.
+EXPLAINED_WEIGHT = 0.5  # an operation or stage explained by a deeper span that moved
+EXPLAINED_SHARE = 0.5  # the share of the added latency a deeper span must account for
 TRAFFIC_WEIGHT = 0.6
+LOG_WEIGHT = 0.6
 UNDEPLOYED_REGRESSION_WEIGHT = 0.5
 KIND_ORDER: tuple[FindingKind, ...] = (
     "downstream_latency",
@@ -68,28 +91,69 @@ KIND_ORDER: tuple[FindingKind, ...] = (
     "model_regression",
     "drift",
     "stage_latency",
+    "operation_latency",
+    "logs",
     "traffic",
     "unknown",
 )
 
+# How deep a span sits in its service: the operation it serves, a stage of it, a call out of it.
+OPERATION, STAGE, DOWNSTREAM = 0, 1, 2
+SPAN_LEVELS = {
+    "SPAN_KIND_SERVER": OPERATION,
+    "SPAN_KIND_CONSUMER": OPERATION,
+    "SPAN_KIND_INTERNAL": STAGE,
+    "SPAN_KIND_CLIENT": DOWNSTREAM,
+    "SPAN_KIND_PRODUCER": DOWNSTREAM,
+}
+LATENCY_KINDS: dict[int, FindingKind] = {
+    OPERATION: "operation_latency",
+    STAGE: "stage_latency",
+    DOWNSTREAM: "downstream_latency",
+}
+
 
 @dataclass(frozen=True)
 class Target:
-    """What the alert is about, from its labels; absent labels widen the queries."""
+    """What the alert is about, from its labels; absent labels widen the queries.
+
+    ``job`` is the label of the metrics a service sends (``ml_*``, the collector's log counts):
+    Prometheus makes it of ``service.name`` (``service.namespace/service.name`` when there is a
+    namespace). ``service`` is ``service.name`` itself, the ``service_name`` label of span metrics
+    and Loki streams; without it, the job stands for it.
+    """
 
     job: str | None
     model_name: str | None
     model_version: str | None
+    service: str | None = None
+    operation: str | None = None  # the span_name an alert on span metrics is about
 
     @classmethod
     def from_labels(cls, labels: dict[str, str]) -> Target:
+        """From the labels of the ML alerts (``job``, ``ml_model_*``) or of span-metric ones (``service_name``,
+        ``span_name``): either names the service."""
+
+        def label(name: str) -> str | None:
+            return labels.get(name) or None
+
         return cls(
-            labels.get("job") or None, labels.get("ml_model_name") or None, labels.get("ml_model_version") or None
+            job=label("job") or label("service_name"),
+            model_name=label("ml_model_name"),
+            model_version=label("ml_model_version"),
+            service=label("service_name"),
+            operation=label("span_name"),
         )
 
+    @property
+    def service_name(self) -> str | None:
+        return self.service or self.job
 
-def selector(**matchers: str | None) -> str:
+
+def selector(*regex: tuple[str, str], **matchers: str | None) -> str:
+    """``{name="value", ...}`` of the matchers that have a value, then the ``(name, regex)`` pairs as ``=~``."""
     terms = [f"{name}={quote_value(value)}" for name, value in matchers.items() if value]
+    terms += [f"{name}=~{quote_value(pattern)}" for name, pattern in regex]
     return "{" + ", ".join(terms) + "}" if terms else ""
 
 
@@ -101,8 +165,9 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
     """
     focus = focus or {}
     ml = selector(job=target.job, ml_model_name=target.model_name, **focus)
-    spans = selector(service_name=target.job, **focus)
-    errors = selector(service_name=target.job, status_code="STATUS_CODE_ERROR", **focus)
+    spans = selector(service_name=target.service_name, **focus)
+    errors = selector(service_name=target.service_name, status_code="STATUS_CODE_ERROR", **focus)
+    logs = selector(("severity_text", "|".join(ALERTING_SEVERITIES)), job=target.job, **focus)
     calls = f"sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{spans}[{rate_window}]))"
 
     def quantile(q: str, metric: str, by: str, matchers: str) -> str:
@@ -119,6 +184,8 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
             f"(sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{errors}[{rate_window}]))"
             f" or 0 * {calls}) / ({calls} > 0)"
         ),
+        # The collector's count connector: log records by service (job) and severity.
+        "log_rate": f"sum by (severity_text) (rate(log_records_total{logs}[{rate_window}]))",
         "drift_psi": f"max by (ml_feature) (ml_feature_drift_psi{ml})",
         "drift_ks": f"max by (ml_feature) (ml_feature_drift_ks{ml})",
         # The worst version serving: a freshly deployed bad version shows at once.
@@ -133,6 +200,7 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
 
 
 INSTANT_QUERIES = ("deployments", "new_versions", "previous_versions")
+UNKNOWN_LINK_QUERIES = ("request_rate", "span_error_ratio", "log_rate")
 
 
 @dataclass(frozen=True)
@@ -150,18 +218,24 @@ class Signal:
     effect_unit: float
 
 
+# The kind of a span signal's finding follows the span's level (LATENCY_KINDS); min_scale and
+# relative_floor are the noise each signal is expected to have (detect()).
 SIGNALS: tuple[Signal, ...] = (
-    Signal("stage_p95", "stage_latency", "ml_stage", "p95 of stage", "s", 1, 0.001, 0.05, 0.1),
-    Signal("stage_p99", "stage_latency", "ml_stage", "p99 of stage", "s", 1, 0.001, 0.05, 0.1),
-    Signal("span_p95", "stage_latency", "span_name", "p95 of span", "s", 1, 0.001, 0.05, 0.1),
-    Signal("span_p99", "stage_latency", "span_name", "p99 of span", "s", 1, 0.001, 0.05, 0.1),
-    Signal("span_error_ratio", "errors", "span_name", "error ratio of span", "ratio", 1, 0.005, 0.0, 0.05),
-    Signal("drift_psi", "drift", "ml_feature", "PSI of feature", "", 1, 0.01, 0.0, 0.1),
-    Signal("drift_ks", "drift", "ml_feature", "KS statistic of feature", "", 1, 0.01, 0.0, 0.1),
-    Signal("accuracy", "model_regression", None, "rolling accuracy of", "", -1, 0.005, 0.0, 0.05),
-    Signal("f1", "model_regression", None, "rolling F1 of", "", -1, 0.005, 0.0, 0.05),
-    Signal("request_rate", "traffic", None, "request rate of", "req/s", 0, 0.01, 0.05, 1.0),
+    Signal("stage_p95", "stage_latency", "ml_stage", "p95 of stage", "s", 1, 0.001, 0.05, LATENCY_EFFECT),
+    Signal("stage_p99", "stage_latency", "ml_stage", "p99 of stage", "s", 1, 0.001, 0.05, LATENCY_EFFECT),
+    Signal("span_p95", "stage_latency", "span_name", "p95 of span", "s", 1, 0.001, 0.05, LATENCY_EFFECT),
+    Signal("span_p99", "stage_latency", "span_name", "p99 of span", "s", 1, 0.001, 0.05, LATENCY_EFFECT),
+    Signal(
+        "span_error_ratio", "errors", "span_name", "error ratio of span", "ratio", 1, 0.005, 0.0, ERROR_RATIO_EFFECT
+    ),
+    Signal("log_rate", "logs", "severity_text", "rate of log records at severity", "rec/s", 1, 0.01, 0.1, RATE_EFFECT),
+    Signal("drift_psi", "drift", "ml_feature", "PSI of feature", "", 1, 0.01, 0.0, DRIFT_EFFECT),
+    Signal("drift_ks", "drift", "ml_feature", "KS statistic of feature", "", 1, 0.01, 0.0, DRIFT_EFFECT),
+    Signal("accuracy", "model_regression", None, "rolling accuracy of", "", -1, 0.005, 0.0, QUALITY_EFFECT),
+    Signal("f1", "model_regression", None, "rolling F1 of", "", -1, 0.005, 0.0, QUALITY_EFFECT),
+    Signal("request_rate", "traffic", None, "request rate of", "req/s", 0, 0.01, 0.05, RATE_EFFECT),
 )
+RATE_UNITS = {"req/s": "req/s", "rec/s": "records/s"}
 
 
 def _sat(x: float) -> float:
@@ -175,8 +249,8 @@ def fmt(value: float, unit: str) -> str:
         return f"{value * 1000:.1f}ms" if abs(value) < 1 else f"{value:.2f}s"
     if unit == "ratio":
         return f"{value * 100:.1f}%"
-    if unit == "req/s":
-        return f"{value:.2f} req/s"
+    if unit in RATE_UNITS:
+        return f"{value:.2f} {RATE_UNITS[unit]}"
     return f"{value:.3f}"
 
 
@@ -187,6 +261,11 @@ def _z(value: float) -> str:
 def _version(label: str) -> tuple[int, int, str]:
     """Numeric versions in numeric order (2 before 10), anything else after them."""
     return (0, int(label), "") if label.isdigit() else (1, 0, label)
+
+
+def _span_kind_name(span_kind: str) -> str:
+    """SPAN_KIND_CLIENT -> CLIENT."""
+    return span_kind.removeprefix("SPAN_KIND_") or "UNSPECIFIED"
 
 
 def _finite(value: float) -> float | None:
@@ -212,10 +291,10 @@ class _Evidence:
     @property
     def effect(self) -> float:
         a = self.anomaly
-        if self.signal.unit == "req/s":
-            if a.latest <= 0 or a.median <= 0:
-                return 1.0 if a.latest != a.median else 0.0
-            return abs(math.log2(a.latest / a.median)) / self.signal.effect_unit
+        if self.signal.unit in RATE_UNITS:
+            # Doublings, with the signal's noise floor for a rate at 0 (none before, or none now).
+            low = max(self.signal.min_scale, 1e-9)
+            return abs(math.log2(max(a.latest, low) / max(a.median, low))) / self.signal.effect_unit
         return max(self.bad_delta, 0.0) / self.signal.effect_unit
 
     @property
@@ -227,7 +306,8 @@ class _Evidence:
         robust, sigma = (abs(a.robust_z), abs(a.sigma_z)) if sign == 0 else (a.robust_z * sign, a.sigma_z * sign)
         if robust <= ROBUST_THRESHOLD and sigma <= SIGMA_THRESHOLD:
             return 0.0
-        return self.weight * _sat((max(robust, sigma) - 3.0) / 4.0) * _sat(self.effect)
+        significance = _sat((max(robust, sigma) - SIGNIFICANCE_FROM_Z) / SIGNIFICANCE_SCALE_Z)
+        return self.weight * significance * _sat(self.effect)
 
     def sentence(self) -> str:
         a, unit = self.anomaly, self.signal.unit
@@ -245,6 +325,8 @@ class _Evidence:
 class _Candidate:
     kind: FindingKind
     subject: str
+    level: int | None = None  # OPERATION, STAGE or DOWNSTREAM for span and stage signals
+    span_kind: str = ""
     evidence: list[_Evidence] = field(default_factory=list)
     weight: float = 1.0
     notes: list[str] = field(default_factory=list)
@@ -378,23 +460,27 @@ class RootCauseAnalyzer:
 
     # ---- scoring
 
-    def _candidates(self, target: Target, ranged: dict[str, list[RangeSeries]]) -> dict[tuple[str, str], _Candidate]:
+    def _candidates(
+        self, target: Target, ranged: dict[str, list[RangeSeries]]
+    ) -> dict[tuple[str, str, int | None], _Candidate]:
         queries = promql(target, rate_window=self.rate_window)
         recent_points = max(1, round(self.recent_seconds / self.step_seconds))
         model = target.model_name or target.job or "model"
-        candidates: dict[tuple[str, str], _Candidate] = {}
+        candidates: dict[tuple[str, str, int | None], _Candidate] = {}
         for signal in SIGNALS:
             for series in ranged.get(signal.query, []):
-                kind, weight = signal.kind, 1.0
+                kind, level, weight = signal.kind, None, 1.0
                 span_kind = series.labels.get("span_kind", "")
-                if signal.query.startswith("span_p") and span_kind == "SPAN_KIND_SERVER":
-                    continue  # the request span is the symptom; its stages and calls are the suspects
-                if signal.query.startswith("span_p") and span_kind == "SPAN_KIND_CLIENT":
-                    kind = "downstream_latency"
-                if signal.kind == "errors" and span_kind == "SPAN_KIND_SERVER":
-                    weight = SERVER_SPAN_WEIGHT
+                if signal.label == "span_name":
+                    level = SPAN_LEVELS.get(span_kind, STAGE)
+                    if signal.kind == "stage_latency":
+                        kind = LATENCY_KINDS[level]
+                elif signal.kind == "stage_latency":
+                    level = STAGE  # an ml_stage: the same candidate as its INTERNAL span
                 if signal.kind == "traffic":
                     weight = TRAFFIC_WEIGHT
+                if signal.kind == "logs":
+                    weight = LOG_WEIGHT
                 subject = (
                     series.labels.get(signal.label, "")
                     if signal.label
@@ -409,7 +495,9 @@ class RootCauseAnalyzer:
                     relative_floor=signal.relative_floor,
                 )
                 evidence = _Evidence(signal, subject, anomaly, queries[signal.query], weight)
-                candidates.setdefault((kind, subject), _Candidate(kind, subject)).evidence.append(evidence)
+                candidate = candidates.setdefault((kind, subject, level), _Candidate(kind, subject, level))
+                candidate.span_kind = candidate.span_kind or span_kind
+                candidate.evidence.append(evidence)
         return candidates
 
     @staticmethod
@@ -424,20 +512,58 @@ class RootCauseAnalyzer:
         return _Deployment(happened, new, before, changes, [queries[k] for k in INSTANT_QUERIES])
 
     @staticmethod
-    def _adjust(candidates: dict[tuple[str, str], _Candidate], deployment: _Deployment, target: Target) -> None:
-        downstream = [c for c in candidates.values() if c.kind == "downstream_latency" and c.score >= MIN_SCORE]
+    def _explain_latency(candidate: _Candidate, moved: list[_Candidate]) -> None:
+        """An operation or stage whose added latency is mostly that of a deeper span is its symptom."""
+        added = candidate.added_seconds()
+        if added <= 0 or candidate.level is None:
+            return
+        for level in (DOWNSTREAM, STAGE):  # the deepest explanation first: it is the cause of the rest
+            deeper = [c for c in moved if c.kind == LATENCY_KINDS[level] and level > candidate.level]
+            if not deeper:
+                continue
+            cause = max(deeper, key=lambda c: c.added_seconds())
+            if cause.added_seconds() >= EXPLAINED_SHARE * added:
+                where = "the downstream" if level == DOWNSTREAM else "the stage"
+                candidate.weight = EXPLAINED_WEIGHT
+                candidate.notes.append(
+                    f"most of the added time is {where} {cause.subject} "
+                    f"(+{fmt(cause.added_seconds(), 's')} of +{fmt(added, 's')}): a symptom of it"
+                )
+                return
+
+    @staticmethod
+    def _explain_errors(candidate: _Candidate, moved: list[_Candidate]) -> None:
+        """Errors of an operation or stage that come with errors of a deeper span are their symptom."""
+        if candidate.level is None:
+            return
+        deeper = [c for c in moved if c.kind == "errors" and c.level is not None and c.level > candidate.level]
+        if deeper:
+            cause = max(deeper, key=lambda c: (c.level, c.score))
+            candidate.weight = EXPLAINED_WEIGHT
+            candidate.notes.append(
+                f"the error ratio of the {_span_kind_name(cause.span_kind)} span {cause.subject} "
+                "rose too: a symptom of it"
+            )
+
+    @classmethod
+    def _adjust(
+        cls, candidates: dict[tuple[str, str, int | None], _Candidate], deployment: _Deployment, target: Target
+    ) -> None:
+        moved = [c for c in candidates.values() if c.score >= MIN_SCORE]  # judged before any is adjusted
         for candidate in candidates.values():
-            if candidate.kind == "stage_latency" and downstream:
-                added = candidate.added_seconds()
-                lookup = max(downstream, key=lambda c: c.added_seconds())
-                if added > 0 and lookup.added_seconds() >= 0.5 * added:
-                    candidate.weight = STAGE_EXPLAINED_WEIGHT
-                    candidate.notes.append(
-                        f"most of the added time is the downstream {lookup.subject} "
-                        f"(+{fmt(lookup.added_seconds(), 's')} of +{fmt(added, 's')}): a symptom of it"
-                    )
+            if candidate.kind in ("operation_latency", "stage_latency"):
+                cls._explain_latency(candidate, moved)
+            if candidate.kind == "errors":
+                cls._explain_errors(candidate, moved)
             if candidate.kind == "downstream_latency":
-                candidate.notes.append("a CLIENT span: the time is spent in the downstream service it calls")
+                if candidate.span_kind == "SPAN_KIND_PRODUCER":
+                    candidate.notes.append("a PRODUCER span: the time is spent handing messages to the broker")
+                else:
+                    candidate.notes.append("a CLIENT span: the time is spent in the downstream service it calls")
+            if candidate.kind == "operation_latency":
+                candidate.notes.append(
+                    f"a {_span_kind_name(candidate.span_kind)} span: an operation the service serves"
+                )
             if candidate.kind == "model_regression":
                 candidate.notes.append(deployment.note())
                 candidate.more_promql.extend(deployment.exprs)
@@ -453,19 +579,21 @@ class RootCauseAnalyzer:
         if checked:
             text = (
                 f"No signal of {job} moved beyond its baseline: {checked} series checked (stage and span "
-                f"latency, span errors, drift, model quality, traffic), each scored as {self.window}."
+                f"latency, span errors, log counts, drift, model quality, traffic), each scored as {self.window}."
             )
         else:
             text = f"Prometheus has no ml_* or span-metric series of {job} in the window: is it running and exporting?"
         if errors:
             text += f"\n{len(errors)} queries failed: " + "; ".join(errors)
+        # The link shows the service's traffic: of its ml_* metrics if it has them, else of its spans.
+        shown = next((q for q in UNKNOWN_LINK_QUERIES if ranged.get(q)), UNKNOWN_LINK_QUERIES[0])
         return Finding(
             kind="unknown",
             subject=target.job or "unknown",
             score=0.0,
             summary="no candidate cause moved beyond its baseline",
             evidence=text,
-            promql=[promql(target, rate_window=self.rate_window)["request_rate"]],
+            promql=[promql(target, rate_window=self.rate_window)[shown]],
         )
 
     # ---- the analysis
@@ -500,7 +628,7 @@ class RootCauseAnalyzer:
             top,
             promql=link_promql,
             grafana=self.grafana_url,
-            job=target.job,
+            service=target.service_name,
             model_version=new_version or target.model_version,
             start_ms=int(start * 1000),
             end_ms=int((end + self.recent_seconds) * 1000),

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlobs import config, envfile, render
+from mlobs import addservice, config, envfile, render
 from mlobs.runtime import docker, native
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -96,6 +96,26 @@ def validate(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None) 
     """Check stack.yaml (and an overlay) without writing anything."""
     _load(stack, overlay)
     console.print(f"{stack}: valid.")
+
+
+@app.command(name="add-service")
+def add_service_cmd(
+    name: Annotated[str, typer.Argument(help="its OTEL_SERVICE_NAME")],
+    health_url: Annotated[str, typer.Option("--health-url", help="e.g. http://127.0.0.1:9000/healthz")],
+    kind: Annotated[str, typer.Option(help=" | ".join(addservice.KINDS))] = addservice.DEFAULT_KIND,
+    stack: StackOpt = ROOT / "stack.yaml",
+) -> None:
+    """Add a service of yours to stack.yaml (comments and layout kept), render, and print its OTEL_* settings."""
+    try:
+        added = addservice.add(stack, name, health_url, kind)
+    except addservice.AddServiceError as e:
+        for line in str(e).splitlines():
+            err.print(f"Not added: {line}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"Added {added.service.name} (kind {added.service.kind}) to {stack}.", highlight=False)
+    render_cmd(stack=stack)
+    for line in addservice.report(added):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(name="env")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -203,17 +204,56 @@ class Alerts(Strict):
     feedback_silence: Duration = "10m"
     collector_refused_ratio: Ratio = 0.01
     rate_window: Duration = Field("5m", description="Window of the rates and ratios the model alerts use")
+    genai_ttft_p95_seconds: float = Field(2.0, gt=0, description="p95 time to first token of an LLM service "
+                                          "(GenAITimeToFirstTokenHigh)")
     for_: Duration = Field("2m", alias="for")
     anomaly: Anomaly = Anomaly()
     routing: Routing = Routing()
 
 
+class ServiceAlerts(Strict):
+    """One service's own thresholds for the alerts on its span metrics (prometheus/rules/services.yml);
+    what is not set here is the global alerts.error_ratio or alerts.latency_p99_seconds."""
+
+    error_ratio: Ratio | None = Field(None, description="Share of failing calls of an operation it serves")
+    latency_p99_seconds: float | None = Field(None, gt=0, description="p99 of an operation it serves")
+
+
 class Service(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Its OTEL_SERVICE_NAME")
     sample: bool = False
+    kind: Literal["generic", "ml", "llm"] = Field(
+        "generic", description="generic: RED alerts from span metrics; ml: also the alerts on the ml_* metrics of "
+        "generator/TELEMETRY.md (the sample service always is); llm: a GenAI service")
     health_path: str | None = None
     health_url: str | None = None
     env: dict[str, str] = Field({}, description="Extra environment of the sample service (e.g. MLOBS_DRIFT_WINDOW)")
+    alerts: ServiceAlerts = ServiceAlerts()
+
+    @property
+    def emits_ml(self) -> bool:
+        """It sends the ml_* metrics: the ML alerts (MLServiceDown among them) watch it."""
+        return self.sample or self.kind == "ml"
+
+    def limit(self, alerts: Alerts, key: Literal["error_ratio", "latency_p99_seconds"]) -> float:
+        """Its threshold ``key`` for the span-metric alerts: its own (``alerts:``), else the global one."""
+        own = getattr(self.alerts, key)
+        return getattr(alerts, key) if own is None else own
+
+    @field_validator("health_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        allowed = "an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000/healthz"
+        try:
+            parts = urlsplit(v)
+            _ = parts.port  # a port out of range or not a number raises ValueError
+        except ValueError:
+            raise ValueError(f"{v!r} is not a URL: write {allowed}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a URL: write {allowed}")
+        return v
 
     @model_validator(mode="after")
     def _health(self) -> Service:
@@ -223,6 +263,8 @@ class Service(Strict):
             raise ValueError("a service of yours needs a full health_url, not a health_path")
         if self.env and not self.sample:
             raise ValueError("env applies to the sample service only: set your service's environment yourself")
+        if self.sample and self.kind not in ("generic", "ml"):
+            raise ValueError("the sample service is an ml service: leave kind out or write kind: ml")
         return self
 
 
@@ -242,6 +284,26 @@ class AnalyzerSettings(Strict):
     def _positive(cls, v: Duration) -> Duration:
         if not v.seconds:
             raise ValueError(f"must be longer than 0, got {v!r}")
+        return v
+
+
+class TokenPrice(Strict):
+    input_per_1k: float = Field(ge=0, description="Price of 1000 input (prompt) tokens")
+    output_per_1k: float = Field(ge=0, description="Price of 1000 output (completion) tokens")
+
+
+class GenAI(Strict):
+    """LLM services (the OpenTelemetry GenAI conventions): the prices that turn their token usage
+    into a cost (prometheus/rules/genai.yml), per gen_ai.request.model, in one currency of yours."""
+
+    prices: dict[str, TokenPrice] = Field({}, description="gen_ai.request.model -> its token prices")
+
+    @field_validator("prices")
+    @classmethod
+    def _models(cls, v: dict[str, TokenPrice]) -> dict[str, TokenPrice]:
+        for model in v:
+            if not model.strip():
+                raise ValueError("a model name of genai.prices is empty")
         return v
 
 
@@ -310,6 +372,7 @@ class Stack(Strict):
     extra_exporters: list[ExtraExporter] = []
     grafana: GrafanaSettings = GrafanaSettings()
     analyzer: AnalyzerSettings = AnalyzerSettings()
+    genai: GenAI = GenAI()
     kubernetes: KubernetesSettings | None = None
 
     @model_validator(mode="after")

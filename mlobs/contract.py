@@ -69,3 +69,88 @@ def prometheus_name(instrument: str, unit: str = "", *, counter: bool = False) -
 REQUEST_DURATION_SECONDS = prometheus_name(REQUEST_DURATION, "s")
 STAGE_DURATION_SECONDS = prometheus_name(STAGE_DURATION, "s")
 TRAINING_DURATION_SECONDS = prometheus_name(TRAINING_DURATION, "s")
+
+# ---- OpenTelemetry semantic conventions that any service emits (no mlobs code needed)
+
+#: The collector's span-metrics connector (otel-collector/config.yaml, namespace traces.spanmetrics):
+#: calls and durations of every span, labelled service_name, span_name, span_kind and status_code.
+SPANMETRICS_NAMESPACE = "traces.spanmetrics"
+SPANMETRICS_CALLS_TOTAL = prometheus_name(f"{SPANMETRICS_NAMESPACE}.calls", counter=True)
+SPANMETRICS_DURATION_SECONDS = prometheus_name(f"{SPANMETRICS_NAMESPACE}.duration", "s")
+SPAN_STATUS_ERROR = "STATUS_CODE_ERROR"
+#: The span kinds of the operations a service serves (requests in, messages consumed).
+SERVED_SPAN_KINDS: tuple[str, ...] = ("SPAN_KIND_SERVER", "SPAN_KIND_CONSUMER")
+
+#: Process metrics of the semantic conventions (the Python system-metrics instrumentation emits
+#: them with its default configuration, as do other SDKs' process instrumentations).
+PROCESS_CPU_TIME = "process.cpu.time"
+PROCESS_MEMORY_USAGE = "process.memory.usage"
+PROCESS_CPU_TIME_SECONDS_TOTAL = prometheus_name(PROCESS_CPU_TIME, "s", counter=True)
+PROCESS_MEMORY_USAGE_BYTES = prometheus_name(PROCESS_MEMORY_USAGE, "By")
+
+# ---- GenAI semantic conventions (LLM services)
+#
+# The names of the latest experimental GenAI conventions (semconv 1.37.0 and later; these are the
+# names of 1.44.0, the schema of the pinned opentelemetry-semantic-conventions 0.66b2, where they
+# have status Development and now live in the semantic-conventions-genai repository). Current
+# instrumentations emit them with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental; by
+# default they stay on 1.36.0 or earlier, where gen_ai.provider.name was gen_ai.system.
+
+#: The environment that has an instrumentation emit those latest experimental names.
+GENAI_SEMCONV_OPT_IN: dict[str, str] = {"OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental"}
+
+GENAI_CLIENT_OPERATION_DURATION = "gen_ai.client.operation.duration"  # s
+GENAI_CLIENT_TOKEN_USAGE = "gen_ai.client.token.usage"  # {token}
+GENAI_SERVER_REQUEST_DURATION = "gen_ai.server.request.duration"  # s
+GENAI_SERVER_TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"  # s
+GENAI_SERVER_TIME_PER_OUTPUT_TOKEN = "gen_ai.server.time_per_output_token"  # s
+#: instrument -> its unit, as the conventions define it
+GENAI_UNITS: dict[str, str] = {
+    GENAI_CLIENT_OPERATION_DURATION: "s",
+    GENAI_CLIENT_TOKEN_USAGE: "{token}",
+    GENAI_SERVER_REQUEST_DURATION: "s",
+    GENAI_SERVER_TIME_TO_FIRST_TOKEN: "s",
+    GENAI_SERVER_TIME_PER_OUTPUT_TOKEN: "s",
+}
+
+ATTR_GENAI_OPERATION_NAME = "gen_ai.operation.name"
+ATTR_GENAI_REQUEST_MODEL = "gen_ai.request.model"
+ATTR_GENAI_RESPONSE_MODEL = "gen_ai.response.model"
+ATTR_GENAI_PROVIDER_NAME = "gen_ai.provider.name"
+ATTR_GENAI_TOKEN_TYPE = "gen_ai.token.type"
+ATTR_ERROR_TYPE = "error.type"
+GENAI_TOKEN_INPUT = "input"
+GENAI_TOKEN_OUTPUT = "output"
+
+#: The Prometheus names (histograms: add _bucket, _sum, _count).
+GENAI_CLIENT_OPERATION_DURATION_SECONDS = prometheus_name(GENAI_CLIENT_OPERATION_DURATION, "s")
+GENAI_CLIENT_TOKEN_USAGE_TOKENS = prometheus_name(GENAI_CLIENT_TOKEN_USAGE, "{token}")
+GENAI_SERVER_REQUEST_DURATION_SECONDS = prometheus_name(GENAI_SERVER_REQUEST_DURATION, "s")
+GENAI_SERVER_TIME_TO_FIRST_TOKEN_SECONDS = prometheus_name(GENAI_SERVER_TIME_TO_FIRST_TOKEN, "s")
+GENAI_SERVER_TIME_PER_OUTPUT_TOKEN_SECONDS = prometheus_name(GENAI_SERVER_TIME_PER_OUTPUT_TOKEN, "s")
+
+#: The series prometheus/rules/genai.yml records (its template reads these names) and the GenAI
+#: dashboard reads; per job, gen_ai_provider_name, gen_ai_operation_name, gen_ai_request_model.
+GENAI_TOKENS_RATE = "mlobs:gen_ai_client_token_usage:rate"  # tokens/s, also by gen_ai_token_type
+GENAI_CLIENT_OPERATIONS_RATE = "mlobs:gen_ai_client_operations:rate"
+GENAI_CLIENT_ERRORS_RATE = "mlobs:gen_ai_client_operation_errors:rate"  # also by error_type
+GENAI_CLIENT_ERRORS_RATIO = "mlobs:gen_ai_client_operation_errors:ratio_rate"
+GENAI_SERVER_REQUESTS_RATE = "mlobs:gen_ai_server_requests:rate"
+GENAI_SERVER_ERRORS_RATE = "mlobs:gen_ai_server_request_errors:rate"  # also by error_type
+GENAI_SERVER_ERRORS_RATIO = "mlobs:gen_ai_server_request_errors:ratio_rate"
+#: p50 and p95 of each duration histogram: f"mlobs:{histogram}:p{q}_rate"
+GENAI_QUANTILE_HISTOGRAMS: tuple[str, ...] = (
+    GENAI_CLIENT_OPERATION_DURATION_SECONDS,
+    GENAI_SERVER_REQUEST_DURATION_SECONDS,
+    GENAI_SERVER_TIME_TO_FIRST_TOKEN_SECONDS,
+    GENAI_SERVER_TIME_PER_OUTPUT_TOKEN_SECONDS,
+)
+GENAI_QUANTILES: tuple[int, ...] = (50, 95)
+#: stack.yaml genai.prices, one series per model and token type (labels gen_ai_request_model, gen_ai_token_type)
+GENAI_PRICE_PER_1K = "mlobs:gen_ai_price_per_1k_tokens"
+GENAI_COST_RATE = "mlobs:gen_ai_cost:rate"  # price units (stack.yaml genai.prices) per second
+
+
+def genai_quantile(histogram: str, q: int) -> str:
+    """The recorded quantile ``q`` (50, 95) of a GenAI duration histogram."""
+    return f"mlobs:{histogram}:p{q}_rate"

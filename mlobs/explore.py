@@ -3,7 +3,7 @@
 The dashboards' links, `mlobs verify` and the analyzer's incidents build their URLs here. The
 datasource uids are fixed by the provisioning (grafana/provisioning/datasources), so a URL works
 in any mlobs Grafana. ``url`` takes the query as the datasource's query model; ``promql``,
-``traceql``, ``trace_id`` and ``logs`` make that model for each kind of query.
+``traceql``, ``jaeger_search``, ``trace_id`` and ``logs`` make that model for each kind of query.
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ def promql(expr: str, *, exemplar: bool = False) -> dict[str, object]:
 def traceql(query: str, *, limit: int = 20) -> dict[str, object]:
     """A TraceQL search on Tempo, one row per trace."""
     return {"queryType": "traceql", "query": query, "limit": limit, "tableType": "traces"}
+
+
+def jaeger_search(service: str, *, tags: str = "", min_duration: str = "", limit: int = 20) -> dict[str, object]:
+    """A trace search on Jaeger, as its search form: a service, span tags in logfmt (``error=true``)
+    and a minimum duration (``500ms``); TraceQL is Tempo's."""
+    optional = {"tags": tags, "minDuration": min_duration}
+    return {"queryType": "search", "service": service, "limit": limit, **{k: v for k, v in optional.items() if v}}
 
 
 def trace_id(uid: str, trace: str) -> dict[str, object]:

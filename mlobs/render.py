@@ -17,7 +17,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from mlobs import components as registry
-from mlobs import sampling
+from mlobs import contract, sampling
 from mlobs.config import Stack, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,6 +272,8 @@ def context(target: Target) -> dict[str, Any]:
         # the datasource uids the links between the signals point at: the stores that run
         "traces_uid": target.store("traces") or target.stack.backends.traces,
         "logs_uid": target.store("logs") or target.stack.backends.logs,
+        # the names of the telemetry contract (mlobs/contract.py), which rules share with dashboards
+        "contract": contract,
     }
 
 

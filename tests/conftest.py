@@ -39,6 +39,17 @@ class RunningStack:
         return component in self.health and self.health[component].healthy
 
 
+def _logs_of(files: list[Path], sick: set[str]) -> str:
+    """The logs of a stack that did not come up: those of the sick programs first and longer
+    (a CI log may cut a long message), then the tails of the others."""
+    def tail(f: Path, n: int) -> str:
+        return f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-n:])
+
+    first = [f for f in files if any(f.name.startswith(s) for s in sick)]
+    rest = [f for f in files if f not in first]
+    return "\n".join([tail(f, 80) for f in first] + [tail(f, 10) for f in rest])
+
+
 @contextlib.contextmanager
 def running_native_stack(stack, root: Path) -> Iterator[RunningStack]:
     """Start a real native stack of `stack` under `root`, yield it, stop it (also on failure)."""
@@ -51,9 +62,7 @@ def running_native_stack(stack, root: Path) -> Iterator[RunningStack]:
         plan, health = native.start(stack, state, timeout=180)
         sick = {n: f"{h.state} {h.detail}" for n, h in health.items() if not h.healthy}
         if sick:
-            logs = "\n".join(f"--- {f.name}\n" + "\n".join(f.read_text().splitlines()[-30:])
-                             for f in native.log_files(state))
-            pytest.fail(f"native stack unhealthy: {sick}\n{logs}")
+            pytest.fail(f"native stack unhealthy: {sick}\n{_logs_of(native.log_files(state), set(sick))}")
         for name, why in plan.missing.items():
             print(f"native stack: {name} not running: {why}")
         yield RunningStack(stack, state, plan, health)

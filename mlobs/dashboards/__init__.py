@@ -10,6 +10,7 @@ let the tests parse and run every query.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from mlobs.config import Stack
-from mlobs.dashboards import inference, pipeline, quality, stack, training
+from mlobs.dashboards import genai, inference, pipeline, quality, service, stack, training
 from mlobs.dashboards.queries import (
     Query,
     iter_panels,
@@ -34,11 +35,13 @@ __all__ = [
     "Query",
     "build_all",
     "drift",
+    "e2e_queries",
     "iter_panels",
     "iter_queries",
     "promql_queries_for_e2e",
     "render",
     "render_all",
+    "selects_nothing",
     "substitute_variables",
     "variable_defaults",
     "write_all",
@@ -49,8 +52,9 @@ DASHBOARD_DIR = _ROOT / "grafana" / "dashboards"
 #: The stack the committed dashboards are generated from.
 STACK_FILE = _ROOT / "stack.yaml"
 
-# One module per dashboard, in the order a user reads them.
-DASHBOARDS: tuple[ModuleType, ...] = (inference, quality, training, pipeline, stack)
+# One module per dashboard, in the order a user reads them: the ML ones, the overview any
+# OpenTelemetry service has, the LLM one, the stack's own health.
+DASHBOARDS: tuple[ModuleType, ...] = (inference, quality, training, pipeline, service, genai, stack)
 
 
 def build_all(stack: Stack) -> dict[str, dict[str, Any]]:
@@ -122,6 +126,30 @@ ANNOTATION_NO_DATA = {
 }
 
 
+# label="value" and label!="value" matchers (not the regex ones) of one selector
+_SELECTOR = re.compile(r"\{([^{}]*)\}")
+_EXACT = re.compile(r'(\w+)\s*(!?=)\s*"((?:[^"\\]|\\.)*)"')
+SELECTS_NOTHING = (
+    "selects no series for the service substituted: a query group for other services' thresholds "
+    "(their own limits in stack.yaml)"
+)
+
+
+def selects_nothing(expr: str) -> bool:
+    """Whether a selector of the expression cannot match any series, whatever is stored: two
+    different values required of one label, or a value both required and excluded. The Service
+    overview has such groups once the service is substituted (one per service with its own limits)."""
+    for selector in _SELECTOR.findall(expr):
+        required: dict[str, set[str]] = {}
+        excluded: dict[str, set[str]] = {}
+        for label, op, value in _EXACT.findall(selector):
+            (required if op == "=" else excluded).setdefault(label, set()).add(value)
+        for label, values in required.items():
+            if len(values) > 1 or values & excluded.get(label, set()):
+                return True
+    return False
+
+
 def promql_queries_for_e2e(values: Mapping[str, str | Sequence[str]] | None = None) -> list[E2EQuery]:
     """Every PromQL query of every committed dashboard (what Grafana loads), ready to run on
     Prometheus after the load ran.
@@ -129,21 +157,31 @@ def promql_queries_for_e2e(values: Mapping[str, str | Sequence[str]] | None = No
     Variables take each dashboard's default (the sample service: mlobs-inference, or mlobs-training
     on the training dashboard; model breast-cancer-classifier), then the dashboard's E2E_VALUES
     (version 1 where a model is served), then `values`. Built-ins can be overridden too, e.g.
-    {"__rate_interval": "2m"} when metrics are pushed less often than every 15 s."""
+    {"__rate_interval": "2m"} when metrics are pushed less often than every 15 s.
+
+    A query's reason to stay empty is its panel's in the module's NO_DATA, else the module's
+    NO_DATA_DEFAULT (a dashboard the sample service cannot fill at all, e.g. GenAI), if it has one."""
     queries = []
     for module in DASHBOARDS:
         dashboard = json.loads((DASHBOARD_DIR / module.FILE).read_text(encoding="utf-8"))
-        substitutions = {**variable_defaults(dashboard), **module.E2E_VALUES, **(values or {})}
-        no_data: Mapping[str, str] = {**ANNOTATION_NO_DATA, **module.NO_DATA}
-        for query in iter_queries(dashboard):
-            if query.language != "promql":
-                continue
-            queries.append(
-                E2EQuery(
-                    dashboard=query.dashboard,
-                    panel=query.panel,
-                    expr=substitute_variables(query.expr, substitutions),
-                    reason=no_data.get(query.panel),
-                )
-            )
+        queries += e2e_queries(module, dashboard, values)
+    return queries
+
+
+def e2e_queries(
+    module: ModuleType, dashboard: Mapping[str, Any], values: Mapping[str, str | Sequence[str]] | None = None
+) -> list[E2EQuery]:
+    """The PromQL of one dashboard (the JSON of ``module``), as promql_queries_for_e2e gives it."""
+    substitutions = {**variable_defaults(dashboard), **module.E2E_VALUES, **(values or {})}
+    no_data: Mapping[str, str] = {**ANNOTATION_NO_DATA, **module.NO_DATA}
+    default_reason: str | None = getattr(module, "NO_DATA_DEFAULT", None)
+    queries = []
+    for query in iter_queries(dashboard):
+        if query.language != "promql":
+            continue
+        expr = substitute_variables(query.expr, substitutions)
+        reason = no_data.get(query.panel, default_reason)
+        if reason is None and selects_nothing(expr):
+            reason = SELECTS_NOTHING
+        queries.append(E2EQuery(dashboard=query.dashboard, panel=query.panel, expr=expr, reason=reason))
     return queries

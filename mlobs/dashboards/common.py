@@ -36,7 +36,7 @@ from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
-from mlobs import contract, explore
+from mlobs import contract, explore, stores
 from mlobs.config import Stack
 
 
@@ -49,7 +49,7 @@ def _datasource(uid: str) -> models.DataSourceRef:
 PROMETHEUS = _datasource("prometheus")
 LOKI = _datasource("loki")
 TEMPO = _datasource("tempo")
-FIXED_DATASOURCE_UIDS = frozenset({"prometheus", "loki", "tempo", "alertmanager"})
+FIXED_DATASOURCE_UIDS = frozenset(explore.DATASOURCE_TYPES)
 
 TAG = "mlobs"
 SAMPLE_SERVICE = contract.SERVICE_INFERENCE
@@ -62,6 +62,35 @@ SERVING_SPANS = (*contract.STAGES[:2], contract.FEATURE_LOOKUP_SPAN, *contract.S
 SERVING_SPAN_REGEX = "|".join(SERVING_SPANS)
 
 SEVERITY_ERROR = 'severity_text=~"(?i)error|fatal|critical"'
+# The same filter in LogsQL (VictoriaLogs keeps the OTLP severity text as the field severity_text).
+SEVERITY_ERROR_LOGSQL = 'severity_text:~"(?i)error|fatal|critical"'
+
+# The dashboard every service has (mlobs/dashboards/service.py); the others link to it.
+SERVICE_OVERVIEW_UID = "mlobs-service"
+
+# ---- span metrics (the collector's span-metrics connector, any OpenTelemetry service)
+
+#: Their labels: the resource's service.name, the span's name and kind.
+SPAN_SERVICE = contract.prometheus_label("service.name")
+SPAN_NAME = "span_name"
+SPAN_KIND = "span_kind"
+#: The series prometheus/rules/services.yml records per job, service_name, span_name and span_kind,
+#: over alerts.rate_window (the tests check that the rendered rules record each of them).
+SPAN_CALLS_RATE = "mlobs:span_calls:rate"
+SPAN_ERRORS_RATIO = "mlobs:span_errors:ratio_rate"
+SPAN_QUANTILES: tuple[int, ...] = (50, 95, 99)
+#: A matcher for the operations a service serves (what the span-metric alerts judge).
+SERVED_SPANS = f'{SPAN_KIND}=~"{"|".join(contract.SERVED_SPAN_KINDS)}"'
+#: The collector's count connector (otel-collector/config.yaml, log.records): log records per
+#: service (job) and severity_text, for any service that sends logs.
+LOG_RECORDS_TOTAL = contract.prometheus_name("log.records", counter=True)
+LOG_SEVERITY = "severity_text"
+
+
+def span_duration_quantile(q: int) -> str:
+    """The recorded quantile ``q`` (50, 95, 99) of the span durations."""
+    return f"mlobs:span_duration_seconds:p{q}_rate"
+
 
 GREEN = "green"
 ORANGE = "orange"
@@ -104,6 +133,16 @@ class Scale:
         return ((None, GREEN), (self.warn, ORANGE), (self.red, RED))
 
 
+def error_ratio_scale(limit: float) -> Scale:
+    """An error ratio: orange from a fifth of the limit, red at it."""
+    return Scale(_tidy(limit / 5), limit)
+
+
+def latency_scale(limit: float) -> Scale:
+    """A latency: orange from half the limit, red at it."""
+    return Scale(_tidy(limit / 2), limit)
+
+
 @dataclass(frozen=True)
 class Limits:
     """The dashboards' thresholds, from the loaded stack: a panel turns red where the alert on its
@@ -120,6 +159,12 @@ class Limits:
     f1: Scale
     psi: Scale
     slow_ms: int
+    ttft: Scale
+
+    @property
+    def slow(self) -> str:
+        """The slow threshold as TraceQL and Jaeger write a duration (``500ms``)."""
+        return f"{self.slow_ms}ms"
 
     @classmethod
     def of(cls, stack: Stack) -> Limits:
@@ -129,26 +174,94 @@ class Limits:
             return Scale(_tidy(value + (1 - value) / 3), value, higher_is_better=True)
 
         return cls(
-            error_ratio=Scale(_tidy(a.error_ratio / 5), a.error_ratio),
-            latency=Scale(_tidy(a.latency_p99_seconds / 2), a.latency_p99_seconds),
+            error_ratio=error_ratio_scale(a.error_ratio),
+            latency=latency_scale(a.latency_p99_seconds),
             accuracy=floor(a.accuracy_floor),
             f1=floor(a.f1_floor),
             psi=Scale(_tidy(a.drift_psi / 2), a.drift_psi),
             slow_ms=stack.sampling.slow_threshold_ms,
+            ttft=latency_scale(a.genai_ttft_p95_seconds),
         )
 
     def traces_slow_or_failed(self) -> str:
         """TraceQL for the requests that went wrong: failed, or slow."""
-        slow = f"{self.slow_ms}ms"
-        return f'{{ resource.service.name = "$service" && kind = server && (status = error || duration > {slow}) }}'
+        went_wrong = f"(status = error || duration > {self.slow})"
+        return f'{{ resource.service.name = "$service" && kind = server && {went_wrong} }}'
 
     def f1_override(self, panel: PanelBuilder, ref: str) -> PanelBuilder:
         """The F1 query ``ref`` of a panel of scores turns red at the F1 floor, when it is not the accuracy's."""
         if self.f1 == self.accuracy:
             return panel
-        value = json.loads(JSONEncoder().encode(thresholds(self.f1.steps).build()))
-        override = [models.DynamicConfigValue(id_val="thresholds", value=value)]
-        return typing.cast(PanelBuilder, typing.cast(typing.Any, panel).override_by_query(ref, override))
+        return thresholds_override(panel, ref, self.f1.steps)
+
+
+def thresholds_override(panel: PanelBuilder, ref: str, steps: Steps) -> PanelBuilder:
+    """The fields of query ``ref`` of a panel get their own thresholds."""
+    value = json.loads(JSONEncoder().encode(thresholds(steps).build()))
+    override = [models.DynamicConfigValue(id_val="thresholds", value=value)]
+    return typing.cast(PanelBuilder, typing.cast(typing.Any, panel).override_by_query(ref, override))
+
+
+ServiceLimitKey = typing.Literal["error_ratio", "latency_p99_seconds"]
+_SERVICE_SCALES: dict[str, typing.Callable[[float], Scale]] = {
+    "error_ratio": error_ratio_scale,
+    "latency_p99_seconds": latency_scale,
+}
+
+
+@dataclass(frozen=True)
+class ServiceLimit:
+    """One threshold of the span-metric alerts (prometheus/rules/services.yml) for whichever service a
+    dashboard shows: the global limit of stack.yaml ``alerts``, and the services of stack.yaml with
+    their own (``Service.limit``).
+
+    Grafana's thresholds cannot follow a variable, so a panel gets one group of queries per
+    threshold: the first for every service without its own limit (``service_name!="..."`` for each
+    service that has one), then one per service with its own limit (``service_name="..."`` beside
+    the ``$service`` matcher), whose fields get that service's thresholds by query. Only the group
+    of the service selected has data, so the line drawn is that service's."""
+
+    default: Scale
+    own: tuple[tuple[str, Scale], ...]
+
+    @classmethod
+    def of(cls, stack: Stack, key: ServiceLimitKey) -> ServiceLimit:
+        scale = _SERVICE_SCALES[key]
+        limit: float = getattr(stack.alerts, key)
+        own = tuple(
+            (svc.name, scale(svc.limit(stack.alerts, key)))
+            for svc in stack.services
+            if svc.limit(stack.alerts, key) != limit
+        )
+        return cls(scale(limit), own)
+
+    def groups(self) -> list[tuple[str, str, Scale]]:
+        """(suffix of the query refs, extra span-metric matchers, thresholds) of each group of queries."""
+        others = "".join(f', {SPAN_SERVICE}!="{name}"' for name, _ in self.own)
+        return [("", others, self.default)] + [
+            (str(index), f', {SPAN_SERVICE}="{name}"', scale)
+            for index, (name, scale) in enumerate(self.own, start=1)
+        ]
+
+    def targets(
+        self, make: typing.Callable[[str, str], Sequence[prometheus.Dataquery]]
+    ) -> tuple[list[prometheus.Dataquery], list[tuple[str, Steps]]]:
+        """``make(extra matchers, ref suffix)`` gives one group's queries; returns them all, and the
+        (ref, thresholds) each query of a service with its own limit needs (``apply``)."""
+        queries: list[prometheus.Dataquery] = []
+        overrides: list[tuple[str, Steps]] = []
+        for suffix, matchers, scale in self.groups():
+            group = list(make(matchers, suffix))
+            queries += group
+            if suffix:
+                overrides += [(query.build().ref_id, scale.steps) for query in group]
+        return queries, overrides
+
+    @staticmethod
+    def apply(panel: PanelBuilder, overrides: Sequence[tuple[str, Steps]]) -> PanelBuilder:
+        for ref, steps in overrides:
+            panel = thresholds_override(panel, ref, steps)
+        return panel
 
 
 # --- queries -------------------------------------------------------------------------------
@@ -465,8 +578,22 @@ def node_graph_panel(title: str, description: str, *, width: int = 24, height: i
     )
 
 
-def logs_panel(title: str, description: str, expr: str, *, width: int = 24, height: int = 10) -> logs.Panel:
-    panel = _common(logs.Panel(), title, description, None, [logql(expr, max_lines=500)], None, width, height, LOKI)
+LOG_LINES = 500
+
+
+def logs_panel(
+    title: str,
+    description: str,
+    expr: str,
+    *,
+    width: int = 24,
+    height: int = 10,
+    target: cogbuilder.Builder[cogvariants.Dataquery] | None = None,
+    datasource: models.DataSourceRef = LOKI,
+) -> logs.Panel:
+    """The log lines of a LogQL query, or of ``target`` on ``datasource`` (another log store)."""
+    query = target if target is not None else logql(expr, max_lines=LOG_LINES)
+    panel = _common(logs.Panel(), title, description, None, [query], None, width, height, datasource)
     return (
         panel.show_time(True)
         .wrap_log_message(True)
@@ -476,6 +603,40 @@ def logs_panel(title: str, description: str, expr: str, *, width: int = 24, heig
         .show_labels(False)
         .sort_order(common_models.LogsSortOrder.DESCENDING)
         .dedup_strategy(common_models.LogsDedupStrategy.NONE)
+    )
+
+
+def cpu_panel(selector: str, *, width: int = 8, height: int = 8) -> timeseries.Panel:
+    """CPU of each process of a service, from the semantic-convention process.cpu.time."""
+    return timeseries_panel(
+        "CPU per instance",
+        "CPU seconds used per second by each process of the service (1 = one core), from the "
+        f"semantic-convention {contract.PROCESS_CPU_TIME} (user and system). A process that stays at "
+        "the cores it may use is saturated: latency follows.",
+        "percentunit",
+        [
+            promql(
+                f"sum by (instance) (rate({contract.PROCESS_CPU_TIME_SECONDS_TOTAL}{{{selector}}}[$__rate_interval]))",
+                "{{instance}}",
+            )
+        ],
+        min_value=0,
+        width=width,
+        height=height,
+    )
+
+
+def memory_panel(selector: str, *, width: int = 8, height: int = 8) -> timeseries.Panel:
+    """Resident memory of each process of a service, from the semantic-convention process.memory.usage."""
+    return timeseries_panel(
+        "Memory per instance",
+        f"Resident memory of each process of the service ({contract.PROCESS_MEMORY_USAGE}). Steady growth "
+        "under a steady load is a leak; a step at a deployment is the new version's size.",
+        "bytes",
+        [promql(f"sum by (instance) ({contract.PROCESS_MEMORY_USAGE_BYTES}{{{selector}}})", "{{instance}}")],
+        min_value=0,
+        width=width,
+        height=height,
     )
 
 
@@ -545,6 +706,18 @@ def logs_link(title: str, expr: str) -> dashboard.DashboardLink:
     return explore_link(title, LOKI, explore.logs("loki", expr))
 
 
+def service_overview_link() -> dashboard.DashboardLink:
+    """A dashboard link to the Service overview of the service selected here (its $service)."""
+    return (
+        dashboard.DashboardLink("Service overview of $service")
+        .type(models.DashboardLinkType.LINK)
+        .url(f"/d/{SERVICE_OVERVIEW_UID}?${{service:queryparam}}")
+        .tooltip("Span metrics, CPU, memory, logs and traces of the service, from OpenTelemetry alone")
+        .icon("dashboard")
+        .keep_time(True)
+    )
+
+
 def dashboards_link() -> dashboard.DashboardLink:
     return (
         dashboard.DashboardLink("mlobs dashboards")
@@ -554,6 +727,93 @@ def dashboards_link() -> dashboard.DashboardLink:
         .include_vars(True)
         .keep_time(True)
     )
+
+
+# --- the trace and log stores ----------------------------------------------------------------
+
+
+class _RawQuery(cogvariants.Dataquery):
+    """A query of a datasource the SDK has no model for (the VictoriaLogs plugin): its JSON as given."""
+
+    def __init__(self, payload: dict[str, object]) -> None:
+        self.payload = payload
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.payload)
+
+
+class RawQuery(cogbuilder.Builder[cogvariants.Dataquery]):
+    def __init__(self, payload: dict[str, object]) -> None:
+        self._internal = _RawQuery(payload)
+
+    def build(self) -> cogvariants.Dataquery:
+        return self._internal
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The trace and log stores a dashboard's trace links and log panels use: stack.yaml ``backends``
+    (the stores the datasource provisioning links metrics and signals to, its traces_uid and
+    logs_uid, where they run). A trace search is TraceQL on Tempo and the search form (service,
+    tags, minimum duration) on Jaeger; logs are LogQL on Loki and LogsQL on VictoriaLogs, the
+    service's selector as mlobs.stores writes it for each."""
+
+    traces: str
+    logs: str
+
+    @classmethod
+    def of(cls, stack: Stack) -> Stores:
+        return cls(stack.backends.traces, stack.backends.logs)
+
+    @property
+    def traces_datasource(self) -> models.DataSourceRef:
+        return _datasource(self.traces)
+
+    @property
+    def logs_datasource(self) -> models.DataSourceRef:
+        return _datasource(self.logs)
+
+    def trace_search(
+        self, title: str, traceql: str, *, service: str = "$service", tags: str = "", min_duration: str = ""
+    ) -> dashboard.DashboardLink:
+        """Explore on the trace store: ``traceql`` on Tempo; on Jaeger the traces of ``service`` with
+        the span ``tags`` (logfmt, e.g. ``error=true``) and ``min_duration`` (``500ms``)."""
+        if self.traces == "tempo":
+            query = explore.traceql(traceql)
+        else:
+            query = explore.jaeger_search(service, tags=tags, min_duration=min_duration)
+        return explore_link(title, self.traces_datasource, query)
+
+    def service_logs(self, service: str = "$service", *, errors: bool = False, regex: bool = False) -> str:
+        """The log query of one service's records, or of its records of severity ERROR and above;
+        with ``regex`` of the services ``service`` matches (a multi-value variable)."""
+        if self.logs == "loki":
+            query = stores.Loki("").query(service)
+            if regex:
+                query = query.replace(f'{SPAN_SERVICE}="', f'{SPAN_SERVICE}=~"', 1)
+            return query + (f" | {SEVERITY_ERROR}" if errors else "")
+        query = stores.VictoriaLogs("").query(service)
+        if regex:
+            query = query.replace('":"', '":~"', 1)
+        return query + (f" {SEVERITY_ERROR_LOGSQL}" if errors else "")
+
+    def logs_link(self, title: str, expr: str) -> dashboard.DashboardLink:
+        return explore_link(title, self.logs_datasource, explore.logs(self.logs, expr))
+
+    def logs_panel(self, title: str, description: str, expr: str, *, height: int = 10) -> logs.Panel:
+        if self.logs == "loki":
+            return logs_panel(title, description, expr, height=height)
+        target = RawQuery(
+            {
+                "refId": "A",
+                "datasource": self.logs_datasource,
+                "expr": expr,
+                "queryType": "instant",  # the plugin's log-lines query (/select/logsql/query)
+                "editorMode": "code",
+                "maxLines": LOG_LINES,
+            }
+        )
+        return logs_panel(title, description, expr, height=height, target=target, datasource=self.logs_datasource)
 
 
 # --- variables -------------------------------------------------------------------------------
@@ -752,8 +1012,10 @@ def assemble(
     sections: Sequence[Section],
     *,
     time_from: str = "now-1h",
+    links: Sequence[dashboard.DashboardLink] = (),
 ) -> dict[str, typing.Any]:
-    """Lays the sections out as rows, adds the shared annotations and links, returns the JSON dict."""
+    """Lays the sections out as rows, adds the shared annotations and links (and ``links``, after
+    the mlobs dashboards menu), returns the JSON dict."""
     builder = (
         dashboard.Dashboard(title)
         .uid(uid)
@@ -766,6 +1028,8 @@ def assemble(
         .timezone("browser")
         .link(dashboards_link())
     )
+    for link in links:
+        builder = builder.link(link)
     for variable in variables:
         builder = builder.with_variable(variable)
     for annotation in annotations():

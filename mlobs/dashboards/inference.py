@@ -275,4 +275,5 @@ def build(stack: Stack) -> dict[str, Any]:
             c.version_variable("ml_request_duration_seconds_count"),
         ],
         [golden_signals(lim), stages(lim), saturation(lim)],
+        links=[c.service_overview_link()],
     )

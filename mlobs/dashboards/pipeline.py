@@ -215,4 +215,5 @@ def build(stack: Stack) -> dict[str, Any]:
         ],
         [service_graph(lim), span_metrics(lim), traces_and_logs(lim)],
         time_from="now-30m",
+        links=[c.service_overview_link()],
     )

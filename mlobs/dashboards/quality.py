@@ -354,4 +354,5 @@ def build(stack: Stack) -> dict[str, Any]:
             ),
         ],
         [feedback(lim), predictions(), drift(lim), comparison(lim)],
+        links=[c.service_overview_link()],
     )

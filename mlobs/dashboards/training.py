@@ -220,4 +220,5 @@ def build(stack: Stack) -> dict[str, Any]:
         ],
         [runs(), learning_curves(lim), deployments()],
         time_from="now-6h",
+        links=[c.service_overview_link()],
     )

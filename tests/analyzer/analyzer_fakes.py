@@ -1,4 +1,5 @@
-"""Canned Prometheus answers for the analyzer tests: a healthy hour, the five injected faults, fakes.
+"""Canned Prometheus answers for the analyzer tests: a healthy hour of the sample service and its five
+injected faults, a healthy hour of a generic service (shop-api) and its faults, fakes.
 
 Imported by name from the tests (a module name no other test folder uses: pytest puts each test
 folder on sys.path, and every folder has its own conftest).
@@ -30,6 +31,13 @@ NOW = 1_800_000_000.0
 STAGE_P95 = dict(zip(STAGES, (0.002, 0.008, 0.004, 0.001), strict=True))
 FEATURES = ("mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness")
 SERVER, INTERNAL, CLIENT = "SPAN_KIND_SERVER", "SPAN_KIND_INTERNAL", "SPAN_KIND_CLIENT"
+
+# A generic service, instrumented by OpenTelemetry alone: span metrics and log counts, no ml_* metric.
+SHOP = "shop-api"
+ITEMS, CHECKOUT, PAYMENTS, ITEMS_DB = "GET /items", "POST /checkout", "payments", "SELECT shop.items"
+# A span-metric alert (prometheus/rules/services.yml) carries service_name and span_name, no job.
+SHOP_LABELS = {"service_name": SHOP, "span_name": CHECKOUT}
+SHOP_TARGET = rca.Target.from_labels(SHOP_LABELS)
 
 
 @dataclass
@@ -76,6 +84,9 @@ def healthy(noise: bool = True) -> World:
     w.steady("accuracy", {}, 0.95, 0.004 * k)
     w.steady("f1", {}, 0.94, 0.004 * k)
     w.steady("request_rate", {}, 10.0, 0.3 * k)
+    # Log records by severity: the invalid requests log warnings; nothing logs errors.
+    w.steady("log_rate", {"severity_text": "WARN"}, 0.3, 0.04 * k)
+    w.steady("log_rate", {"severity_text": "ERROR"}, 0.0, 0.0)
     w.set_instant("deployments", {(("ml_model_version", "1"),): 0.0})
     w.set_instant("new_versions", {})
     w.set_instant("previous_versions", {(("ml_model_version", "1"),): 1.0})
@@ -108,6 +119,7 @@ def fault_errors_inference() -> World:
     w = healthy()
     w.shift("span_error_ratio", {"span_name": "inference", "span_kind": INTERNAL}, 0.2, 0.01)
     w.shift("span_error_ratio", {"span_name": "POST /predict", "span_kind": SERVER}, 0.19, 0.01)
+    w.shift("log_rate", {"severity_text": "ERROR"}, 2.0, 0.1)  # each failed request logs an error: a symptom
     # Failing requests skip post-processing: it gets a little faster, which is no cause.
     w.shift("stage_p95", {"ml_stage": "postprocessing"}, 0.0009)
     return w
@@ -139,6 +151,85 @@ SCENARIOS: dict[str, tuple[Callable[[], World], str, str]] = {
     "error burst in inference": (fault_errors_inference, "errors", "inference"),
     "drift on mean_radius": (fault_drift_mean_radius, "drift", "mean_radius"),
     "regression after a deployment": (fault_regression, "model_regression", f"{MODEL} v2"),
+}
+
+
+def shop_healthy(noise: bool = True) -> World:
+    """An hour of shop-api: two operations (SERVER spans), a database call under one and the payments
+    service (CLIENT spans) under the other, log counts; no ml_* series and no deployment data at all."""
+    w = World()
+    k = 1.0 if noise else 0.0
+    spans = (
+        (ITEMS, SERVER, 0.030, 0.002),
+        (ITEMS_DB, CLIENT, 0.004, 0.001),
+        (CHECKOUT, SERVER, 0.120, 0.01),
+        (PAYMENTS, CLIENT, 0.080, 0.005),
+    )
+    for name, kind, p95, errors in spans:
+        labels = {"span_name": name, "span_kind": kind}
+        w.steady("span_p95", labels, p95, 0.05 * p95 * k)
+        w.steady("span_p99", labels, 1.6 * p95, 0.08 * p95 * k)
+        w.steady("span_error_ratio", labels, errors, 0.2 * errors * k)
+    w.steady("log_rate", {"severity_text": "WARN"}, 0.2, 0.03 * k)
+    w.steady("log_rate", {"severity_text": "ERROR"}, 0.02, 0.005 * k)
+    return w
+
+
+def _shift_span(w: World, name: str, kind: str, p95: float | None = None, errors: float | None = None) -> None:
+    labels = {"span_name": name, "span_kind": kind}
+    if p95 is not None:
+        w.shift("span_p95", labels, p95, 0.01 * p95)
+        w.shift("span_p99", labels, 1.2 * p95, 0.01 * p95)
+    if errors is not None:
+        w.shift("span_error_ratio", labels, errors, 0.01)
+
+
+def shop_checkout_errors() -> World:
+    """The checkout handler itself fails a quarter of its calls; payments answer as before."""
+    w = shop_healthy()
+    _shift_span(w, CHECKOUT, SERVER, errors=0.25)
+    w.shift("log_rate", {"severity_text": "ERROR"}, 1.5, 0.1)  # and logs each failure
+    return w
+
+
+def shop_payments_errors() -> World:
+    """The payments service fails: its CLIENT span errors, and so does the checkout that called it (a
+    little more: its own checks fail too). Unexplained, the checkout would rank first."""
+    w = shop_healthy()
+    _shift_span(w, PAYMENTS, CLIENT, errors=0.3)
+    _shift_span(w, CHECKOUT, SERVER, errors=0.32)
+    return w
+
+
+def shop_slow_payments() -> World:
+    """The payments service takes 800 ms more: the checkout that waits for it too (a little more, with its
+    retries). Unexplained, the checkout would rank first."""
+    w = shop_healthy()
+    _shift_span(w, PAYMENTS, CLIENT, p95=0.88)
+    _shift_span(w, CHECKOUT, SERVER, p95=1.0)
+    return w
+
+
+def shop_slow_checkout() -> World:
+    """The checkout handler's own code slows down by 400 ms; payments answer as fast as before."""
+    w = shop_healthy()
+    _shift_span(w, CHECKOUT, SERVER, p95=0.52)
+    return w
+
+
+def shop_error_logs() -> World:
+    """Only the ERROR log count jumps: no span failed (a background task, a swallowed exception)."""
+    w = shop_healthy()
+    w.shift("log_rate", {"severity_text": "ERROR"}, 1.0, 0.05)
+    return w
+
+
+SHOP_SCENARIOS: dict[str, tuple[Callable[[], World], str, str]] = {
+    "checkout fails": (shop_checkout_errors, "errors", CHECKOUT),
+    "payments fail": (shop_payments_errors, "errors", PAYMENTS),
+    "payments slow": (shop_slow_payments, "downstream_latency", PAYMENTS),
+    "checkout slow": (shop_slow_checkout, "operation_latency", CHECKOUT),
+    "error logs": (shop_error_logs, "logs", "ERROR"),
 }
 
 
@@ -193,10 +284,12 @@ def alert(
     labels: dict[str, str] | None = None,
     starts_at: str = "2027-01-15T08:00:00Z",
     ends_at: str = "0001-01-01T00:00:00Z",
+    service: dict[str, str] = LABELS,
 ) -> dict:
+    """An alert about ``service`` (its labels: the sample service's unless told; SHOP_LABELS for shop-api)."""
     return {
         "status": status,
-        "labels": {"alertname": alertname, "severity": "warning", **LABELS, **(labels or {})},
+        "labels": {"alertname": alertname, "severity": "warning", **service, **(labels or {})},
         "annotations": {"summary": f"{alertname} test"},
         "startsAt": starts_at,
         "endsAt": ends_at,

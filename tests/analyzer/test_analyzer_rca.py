@@ -12,6 +12,9 @@ import pytest
 from analyzer_fakes import (
     NOW,
     SCENARIOS,
+    SHOP_LABELS,
+    SHOP_SCENARIOS,
+    SHOP_TARGET,
     BrokenPrometheus,
     FakePrometheus,
     World,
@@ -21,6 +24,7 @@ from analyzer_fakes import (
     fault_regression,
     fault_slow_lookup,
     healthy,
+    shop_healthy,
 )
 
 from analyzer import rca
@@ -136,7 +140,7 @@ def test_links_open_the_top_suspect_in_grafana() -> None:
     assert links.traceql.startswith('{ resource.service.name = "mlobs-inference" && name = "inference" && duration > ')
     threshold_ms = int(links.traceql.rsplit("> ", 1)[1].removesuffix("ms }"))
     assert 100 < threshold_ms < 500, "between the baseline and the current p95: only the slow traces"
-    assert links.logql == '{service_name="mlobs-inference"} | severity_text=~"WARN|ERROR|CRITICAL"'
+    assert links.logql == '{service_name="mlobs-inference"} | severity_text=~"WARN|WARNING|ERROR|FATAL|CRITICAL"'
     assert links.promql == (
         "histogram_quantile(0.95, sum by (ml_stage, le) (rate(ml_stage_duration_seconds_bucket"
         '{job="mlobs-inference", ml_model_name="breast-cancer-classifier", ml_stage="inference"}[5m])))'
@@ -173,6 +177,13 @@ def _every_generated_query() -> list[tuple[str, str]]:
         items += [("promql", q) for q in rca.promql(target).values()]
     for make_world, _, _ in [*SCENARIOS.values(), (healthy, "unknown", "")]:
         links = analyse(make_world()).links
+        items += [("promql", links.promql), ("traceql", links.traceql), ("logql", links.logql)]
+    # A generic service: its queries and the links of each of its findings.
+    items += [("promql", q) for q in rca.promql(SHOP_TARGET).values()]
+    for make_world, _, _ in [*SHOP_SCENARIOS.values(), (shop_healthy, "unknown", "")]:
+        prometheus = FakePrometheus(make_world(), SHOP_TARGET)
+        analyzer = rca.RootCauseAnalyzer(prometheus, grafana_url="http://grafana:3000")
+        links = analyzer.analyze(WebhookAlert.model_validate(alert(service=SHOP_LABELS)), at=NOW).links
         items += [("promql", links.promql), ("traceql", links.traceql), ("logql", links.logql)]
     return items
 

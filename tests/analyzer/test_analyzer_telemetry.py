@@ -6,12 +6,13 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from analyzer_fakes import alert, fault_latency_inference, payload
+from analyzer_fakes import TARGET, alert, fault_latency_inference, payload
 from opentelemetry import trace
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from analyzer import rca
 from analyzer import telemetry as tel
 
 
@@ -40,7 +41,9 @@ def test_an_analysis_leaves_a_span_a_log_and_a_count(captured, make_client) -> N
     server = [s for s in finished if s.kind == trace.SpanKind.SERVER]
     assert server and analysis.parent.span_id == server[0].context.span_id, "the analysis runs inside the request"
     queries = [s for s in finished if s.name.startswith("prometheus query")]
-    assert len(queries) == 13 and all(q.parent.span_id == analysis.context.span_id for q in queries)
+    expected = rca.promql(TARGET)
+    assert len(queries) == len(expected) and all(q.parent.span_id == analysis.context.span_id for q in queries)
+    assert {q.attributes["db.query.text"] for q in queries} == set(expected.values()), "one span per query"
     assert not any("ml_fault_active" in q.attributes["db.query.text"] for q in queries)
 
     records = [r.log_record for r in logs.get_finished_logs() if r.log_record.attributes.get("suspect.kind")]

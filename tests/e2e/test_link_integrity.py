@@ -8,6 +8,7 @@ output is where the README's numbers come from.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -106,11 +107,25 @@ def test_every_exemplar_and_error_log_resolves_at_the_default_sampling(sut: Stac
     check_links(sut, 75, seed=71)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def test_every_exemplar_and_error_log_resolves_at_10_percent(start_native_stack, tmp_path_factory) -> None:
-    """A second native stack, on ports 10000 above the test stack's, keeping 10% of the healthy
+    """A second native stack, on ports 10000 above stack.yaml's, keeping 10% of the healthy
     traces: the exemplars and log lines of the others must not link to them."""
-    data = config._merge(config._read(ROOT / "stack.yaml"), config._read(ROOT / "tests" / "stack.test.yaml"))
-    data["ports"] = {k: v + 10000 for k, v in data["ports"].items()}
+    base = config._read(ROOT / "stack.yaml")
+    data = config._merge(base, config._read(ROOT / "tests" / "stack.test.yaml"))
+    test_ports = set(data["ports"].values())
+    data["ports"] = {k: v + 10000 for k, v in base["ports"].items()}
+    # Below the kernel's ephemeral range: a client socket of the running suite can hold a port
+    # of that range at the moment a listener of this stack binds it.
+    low = _ephemeral_low()
+    clash = {k: v for k, v in data["ports"].items() if v >= low or v in test_ports}
+    assert not clash, f"ports of the 10% stack in the ephemeral range (from {low}) or the test stack's: {clash}"
     data["sampling"]["percentage"] = 10
     stack = config.parse(data, "stack.yaml + tests/stack.test.yaml + 10% sampling")
     with start_native_stack(stack, tmp_path_factory.mktemp("native-stack-10pct")) as running:

@@ -136,6 +136,6 @@ def test_the_slow_threshold_reaches_the_analyzers_trace_links() -> None:
     settings = Settings.from_env(components.sampling_env(_with("sampling", {"slow_threshold_ms": 250})))
     assert settings.slow_seconds == 0.25
     finding = Finding(kind="traffic", subject="x", score=1.0, summary="", evidence="")
-    links = build_links(finding, promql="up", grafana="", job="j", model_version=None, start_ms=0, end_ms=1,
+    links = build_links(finding, promql="up", grafana="", service="j", model_version=None, start_ms=0, end_ms=1,
                         slow=settings.slow_seconds)
     assert links.traceql == '{ resource.service.name = "j" && (status = error || duration > 250ms) }'

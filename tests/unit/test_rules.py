@@ -149,3 +149,30 @@ def test_expected_alerts_carry_the_rule_labels() -> None:
         for e in exp:
             got = {k: e["exp_labels"].get(k) for k in ("severity", "category")}
             assert got == {k: by_name[name][k] for k in ("severity", "category")}, name
+
+
+# ---- rules rendered for a stack.yaml of a user's ---------------------------------------------
+
+USER_STACK = TESTS / "user-stack"
+
+
+def test_user_stack_rules_per_service_thresholds_and_service_down(promtool: Path, tmp_path: Path) -> None:
+    """services.yml rendered from stack.yaml + prometheus/tests/user-stack/stack.overlay.yaml (a
+    generic service with its own error limit, an ML service) passes the promtool tests beside it,
+    and ServiceDown exists for the generic service only (MLServiceDown watches the ML ones)."""
+    stack = config.load(ROOT / "stack.yaml", USER_STACK / "stack.overlay.yaml")
+    target = render.native_target(stack, present=["prometheus", "alertmanager"], out_dir=tmp_path)
+    env, ctx = render.environment(), render.context(target)
+    rules = tmp_path / "services.yml"
+    rules.write_text(env.get_template("prometheus/rules/services.yml.j2").render(ctx))
+    down = [r for r in alert_rules(rules) if r["alert"] == "ServiceDown"]
+    assert [r["annotations"]["summary"].split()[0] for r in down] == ["shop-api"]
+    thresholds = tmp_path / "thresholds.yml"
+    thresholds.write_text(env.get_template("prometheus/rules/thresholds.yml.j2").render(ctx))
+    ml_down = [r for r in alert_rules(thresholds) if r["alert"] == "MLServiceDown"]
+    assert ml_down and all("shop-api" not in r["expr"] for r in ml_down)
+    assert any("fraud-model" in r["expr"] for r in ml_down)
+    unit = tmp_path / "services_test.yml"
+    unit.write_text((USER_STACK / "services_test.yml").read_text())
+    result = run([promtool, "test", "rules", unit])
+    assert result.returncode == 0, result.stdout + result.stderr
