@@ -55,6 +55,7 @@ from analyzer.links import ALERTING_SEVERITIES, build_links, quote_value
 from analyzer.models import Finding, FindingKind, Incident, WebhookAlert
 from analyzer.prometheus import PrometheusAPI, RangeSeries, Sample
 from analyzer.settings import Settings
+from mlobs import contract
 from mlobs.config import Alerts
 
 # The defaults of the windows: stack.yaml's, through the analyzer's settings.
@@ -166,9 +167,9 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
     focus = focus or {}
     ml = selector(job=target.job, ml_model_name=target.model_name, **focus)
     spans = selector(service_name=target.service_name, **focus)
-    errors = selector(service_name=target.service_name, status_code="STATUS_CODE_ERROR", **focus)
+    errors = selector(service_name=target.service_name, status_code=contract.SPAN_STATUS_ERROR, **focus)
     logs = selector(("severity_text", "|".join(ALERTING_SEVERITIES)), job=target.job, **focus)
-    calls = f"sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{spans}[{rate_window}]))"
+    calls = f"sum by (span_name, span_kind) (rate({contract.SPANMETRICS_CALLS_TOTAL}{spans}[{rate_window}]))"
 
     def quantile(q: str, metric: str, by: str, matchers: str) -> str:
         return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}{matchers}[{rate_window}])))"
@@ -177,15 +178,15 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
     return {
         "stage_p95": quantile("0.95", "ml_stage_duration_seconds_bucket", "ml_stage", ml),
         "stage_p99": quantile("0.99", "ml_stage_duration_seconds_bucket", "ml_stage", ml),
-        "span_p95": quantile("0.95", "traces_spanmetrics_duration_seconds_bucket", "span_name, span_kind", spans),
-        "span_p99": quantile("0.99", "traces_spanmetrics_duration_seconds_bucket", "span_name, span_kind", spans),
+        "span_p95": quantile("0.95", contract.SPANMETRICS_DURATION_SECONDS + "_bucket", "span_name, span_kind", spans),
+        "span_p99": quantile("0.99", contract.SPANMETRICS_DURATION_SECONDS + "_bucket", "span_name, span_kind", spans),
         # `or 0 * calls` gives 0 rather than no series while a span has not failed yet.
         "span_error_ratio": (
-            f"(sum by (span_name, span_kind) (rate(traces_spanmetrics_calls_total{errors}[{rate_window}]))"
+            f"(sum by (span_name, span_kind) (rate({contract.SPANMETRICS_CALLS_TOTAL}{errors}[{rate_window}]))"
             f" or 0 * {calls}) / ({calls} > 0)"
         ),
         # The collector's count connector: log records by service (job) and severity.
-        "log_rate": f"sum by (severity_text) (rate(log_records_total{logs}[{rate_window}]))",
+        "log_rate": f"sum by (severity_text) (rate({contract.LOG_RECORDS_TOTAL}{logs}[{rate_window}]))",
         "drift_psi": f"max by (ml_feature) (ml_feature_drift_psi{ml})",
         "drift_ks": f"max by (ml_feature) (ml_feature_drift_ks{ml})",
         # The worst version serving: a freshly deployed bad version shows at once.

@@ -80,6 +80,21 @@ SPANMETRICS_DURATION_SECONDS = prometheus_name(f"{SPANMETRICS_NAMESPACE}.duratio
 SPAN_STATUS_ERROR = "STATUS_CODE_ERROR"
 #: The span kinds of the operations a service serves (requests in, messages consumed).
 SERVED_SPAN_KINDS: tuple[str, ...] = ("SPAN_KIND_SERVER", "SPAN_KIND_CONSUMER")
+#: The collector's count connector (log.records): log records per job and severity_text.
+LOG_RECORDS_TOTAL = prometheus_name("log.records", counter=True)
+LOG_SEVERITY = "severity_text"
+
+#: The series prometheus/rules/services.yml records from the span metrics per job, service_name,
+#: span_name and span_kind (the Service overview dashboard reads them).
+SPAN_CALLS_RATE = "mlobs:span_calls:rate"
+SPAN_ERRORS_RATIO = "mlobs:span_errors:ratio_rate"
+SPAN_QUANTILES: tuple[int, ...] = (50, 95, 99)
+
+
+def span_duration_quantile(q: int) -> str:
+    """The recorded quantile ``q`` (50, 95, 99) of the span durations."""
+    return f"mlobs:span_duration_seconds:p{q}_rate"
+
 
 #: Process metrics of the semantic conventions (the Python system-metrics instrumentation emits
 #: them with its default configuration, as do other SDKs' process instrumentations).

@@ -74,22 +74,15 @@ SERVICE_OVERVIEW_UID = "mlobs-service"
 SPAN_SERVICE = contract.prometheus_label("service.name")
 SPAN_NAME = "span_name"
 SPAN_KIND = "span_kind"
-#: The series prometheus/rules/services.yml records per job, service_name, span_name and span_kind,
-#: over alerts.rate_window (the tests check that the rendered rules record each of them).
-SPAN_CALLS_RATE = "mlobs:span_calls:rate"
-SPAN_ERRORS_RATIO = "mlobs:span_errors:ratio_rate"
-SPAN_QUANTILES: tuple[int, ...] = (50, 95, 99)
+#: The recorded span series (mlobs/contract.py; prometheus/rules/services.yml records them).
+SPAN_CALLS_RATE = contract.SPAN_CALLS_RATE
+SPAN_ERRORS_RATIO = contract.SPAN_ERRORS_RATIO
+SPAN_QUANTILES = contract.SPAN_QUANTILES
+span_duration_quantile = contract.span_duration_quantile
 #: A matcher for the operations a service serves (what the span-metric alerts judge).
 SERVED_SPANS = f'{SPAN_KIND}=~"{"|".join(contract.SERVED_SPAN_KINDS)}"'
-#: The collector's count connector (otel-collector/config.yaml, log.records): log records per
-#: service (job) and severity_text, for any service that sends logs.
-LOG_RECORDS_TOTAL = contract.prometheus_name("log.records", counter=True)
-LOG_SEVERITY = "severity_text"
-
-
-def span_duration_quantile(q: int) -> str:
-    """The recorded quantile ``q`` (50, 95, 99) of the span durations."""
-    return f"mlobs:span_duration_seconds:p{q}_rate"
+LOG_RECORDS_TOTAL = contract.LOG_RECORDS_TOTAL
+LOG_SEVERITY = contract.LOG_SEVERITY
 
 
 GREEN = "green"
