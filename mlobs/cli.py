@@ -154,7 +154,13 @@ def up(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None, runtim
     rt = _runtime(runtime)
     if rt == "docker":
         render.write(render.render(render.compose_target(s)), ROOT)
-        raise typer.Exit(docker.up())
+        code = docker.up()
+        if code == 0:
+            # compose recreates a container only when its definition changed, not its mounted files
+            for name, answer in native.reload_configs(render.native_target(s, render.BACKENDS),
+                                                      set(native.RELOADABLE)).items():
+                console.print(f"{name}: {answer}")
+        raise typer.Exit(code)
     state = _native_state()
     _build_native(s)
     try:

@@ -274,6 +274,9 @@ def start(stack: Stack, state: State, timeout: float = 120,
         supervisorctl(state, "reread")
         supervisorctl(state, "update")
         supervisorctl(state, "start", "all")
+        # A program whose command line did not change is not restarted: have the components with
+        # a reload endpoint read their re-rendered files (rules of a service just added, say).
+        reload_configs(target, set(p.present))
     else:
         exe = Path(sys.executable).parent / "supervisord"
         r = subprocess.run([str(exe), "-c", str(state.supervisor_conf)], capture_output=True, text=True)
@@ -285,6 +288,25 @@ def start(stack: Stack, state: State, timeout: float = 120,
             time.sleep(0.2)
     health = wait_healthy(stack, state, list(progs), timeout, progress)
     return p, health
+
+
+#: The components that re-read their configuration on POST /-/reload (Prometheus with
+#: --web.enable-lifecycle; Alertmanager always).
+RELOADABLE = ("prometheus", "alertmanager")
+
+
+def reload_configs(target: render.Target, present: set[str]) -> dict[str, str]:
+    """POST /-/reload to each running reloadable component; component -> what it answered."""
+    answers = {}
+    for name in RELOADABLE:
+        if name not in present:
+            continue
+        try:
+            r = httpx.post(f"http://{target.connect(name)}/-/reload", timeout=30)
+            answers[name] = "reloaded" if r.is_success else f"refused the reload: {r.status_code} {r.text.strip()}"
+        except httpx.HTTPError as e:
+            answers[name] = f"no answer to the reload ({e})"
+    return answers
 
 
 def stop(state: State) -> bool:
