@@ -343,7 +343,8 @@ def test_dashboards_analyzer_and_verify_build_explore_urls_alike() -> None:
     assert explore.url("tempo", explore.traceql(traceql), start="$__from", end="$__to") in links
 
     finding = Finding(kind="errors", subject="inference", score=1.0, summary="", evidence="")
-    incident = build_links(finding, promql="up", grafana="http://g", service="j", model_version=None, start_ms=1, end_ms=2)
+    incident = build_links(finding, promql="up", grafana="http://g", service="j", model_version=None,
+                           start_ms=1, end_ms=2)
     assert incident.prometheus_explore == explore.url("prometheus", explore.promql("up"), grafana="http://g",
                                                       start=1, end=2, pane="rca")
 
