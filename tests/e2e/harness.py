@@ -253,3 +253,77 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
+
+
+# ---- example services: a process of a test's own (tests/e2e/test_examples.py) ----------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """A service started as a subprocess for a test, waited for on its health URL, and stopped at
+    the end (also when the test fails). Its output goes to `log_path`; its tail is in the error
+    when it does not come up."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], health_url: str,
+                 log_path: Any, timeout: float = 90) -> None:
+        self.name, self.command, self.env, self.health_url = name, command, env, health_url
+        self.log_path, self.timeout = log_path, timeout
+        self.process: subprocess.Popen | None = None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(open(self.log_path, encoding="utf-8", errors="replace").read().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.health_url, timeout=2).is_success
+        except httpx.HTTPError:
+            return False
+
+    def __enter__(self) -> ServiceProcess:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command, env=self.env, cwd=render.ROOT, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.timeout
+        while not self.healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                code = self.process.poll()
+                self.stop()
+                state = f"exited with {code}" if code is not None else f"no answer within {self.timeout:.0f}s"
+                raise AssertionError(f"{self.name} {state} at {self.health_url}:\n{self.tail()}")
+            time.sleep(0.5)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # this process only, by its id
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def exemplars(sut: StackUnderTest, selector: str, window: float = 900) -> list[dict[str, Any]]:
+    """Every exemplar of the series of `selector`: its labels (trace_id, span_id, filtered
+    attributes), value and timestamp, with the series' labels under `series`."""
+    now = time.time()
+    r = httpx.get(f"{sut.url('prometheus')}/api/v1/query_exemplars", timeout=10,
+                  params={"query": selector, "start": now - window, "end": now + 60})
+    r.raise_for_status()
+    return [{**e, "series": s["seriesLabels"]} for s in r.json()["data"] for e in s["exemplars"]]
