@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -21,47 +19,24 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
+from analyzer import evidence
+from analyzer.detector import Detector
 from analyzer.grafana import GrafanaAnnotator
+from analyzer.incidents import IncidentBook
+from analyzer.logtemplates import TemplateBook, decode
 from analyzer.models import Incident, WebhookAlert, WebhookPayload
 from analyzer.prometheus import PrometheusAPI, PrometheusClient
 from analyzer.rca import RootCauseAnalyzer, Target
 from analyzer.settings import Settings
 from analyzer.telemetry import disabled, incidents_counter, setup_telemetry
+from mlobs.httperrors import validation_errors
 from mlobs.telemetry import Telemetry, package_version
 
 _log = logging.getLogger("analyzer")
-
-
-class IncidentStore:
-    """The latest analysis per alert fingerprint, at most ``limit`` of them, oldest dropped first."""
-
-    def __init__(self, limit: int = 200) -> None:
-        self.limit = limit
-        self._items: OrderedDict[str, Incident] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, incident: Incident) -> None:
-        with self._lock:
-            self._items.pop(incident.fingerprint, None)
-            self._items[incident.fingerprint] = incident
-            while len(self._items) > self.limit:
-                self._items.popitem(last=False)
-
-    def get(self, fingerprint: str) -> Incident | None:
-        with self._lock:
-            return self._items.get(fingerprint)
-
-    def newest(self, limit: int | None = None) -> list[Incident]:
-        with self._lock:
-            items = list(reversed(self._items.values()))
-        return items if limit is None else items[:limit]
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:
@@ -97,6 +72,7 @@ def create_app(
             token=settings.grafana_token,
         )
         owned.append(grafana)
+    templates = TemplateBook(bucket_seconds=min(15.0, settings.step_seconds), clock=clock)
     analyzer = RootCauseAnalyzer(
         prometheus,
         grafana_url=settings.grafana_public_url or settings.grafana_url,
@@ -107,23 +83,47 @@ def create_app(
         rate_window=settings.rate_window,
         slow_seconds=settings.slow_seconds,
         clock=clock,
+        templates=templates,
     )
-    store = IncidentStore(settings.max_incidents)
+    store = IncidentBook(settings.max_incidents)
+
+    def detector_incident(incident: Incident, created: bool) -> None:
+        """Annotate what the detector opened (and close the region when it closes)."""
+        if created:
+            store.set_annotation(incident.fingerprint, grafana.annotate(incident))
+            incident_count.add(1, {"alertname": incident.alertname, "suspect.kind": incident.top_suspect.kind})
+        elif incident.status == "resolved" and incident.annotation_id is not None and incident.ends_at:
+            grafana.close_region(incident.annotation_id, incident.ends_at)
+
+    detector = Detector(
+        analyzer,
+        prometheus,
+        store,
+        exclude=frozenset(settings.detect_exclude),
+        clock=clock,
+        on_incident=detector_incident,
+        trace_ui=settings.trace_ui_url,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.detect:
+            detector.start()
         yield
+        detector.stop()
         for client in owned:
             client.close()
 
     app = FastAPI(title="mlobs analyzer", version=package_version(), lifespan=lifespan)
     app.state.store = store
     app.state.analyzer = analyzer
+    app.state.detector = detector
+    app.state.templates = templates
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k not in ("ctx", "url")} for e in exc.errors()]
-        body = {"detail": jsonable_encoder(errors), "message": _validation_message(errors)}
+        body = {"detail": validation_errors(errors), "message": _validation_message(errors)}
         return JSONResponse(status_code=422, content=body)
 
     def firing(alert: WebhookAlert) -> dict[str, Any]:
@@ -138,17 +138,29 @@ def create_app(
         with telemetry.tracer.start_as_current_span("analyze alert", attributes=attributes) as span:
             incident = analyzer.analyze(alert)
             top = incident.top_suspect
+            now = clock()
+            started = min(alert.starts_at.timestamp(), now)
+            incident = incident.model_copy(
+                update={
+                    "events": evidence.events(prometheus, target, started, now),
+                    "exemplars": evidence.exemplars(
+                        prometheus, top, target, started - settings.recent_seconds, now,
+                        grafana=settings.grafana_public_url or settings.grafana_url, trace_ui=settings.trace_ui_url,
+                    )
+                    if top.kind != "unknown"
+                    else [],
+                }
+            )
             span.set_attributes({"suspect.kind": top.kind, "suspect.subject": top.subject, "suspect.score": top.score})
-            previous = store.get(alert.fingerprint)
-            annotation_id = None
-            if previous and previous.annotation_id is not None and previous.starts_at == alert.starts_at:
-                annotation_id = previous.annotation_id
-                grafana.update(annotation_id, incident)
+            joined, created = store.alert_firing(alert, incident)
+            annotation_id = joined.annotation_id
+            if annotation_id is not None and not created:
+                grafana.update(annotation_id, joined)
             else:
-                annotation_id = grafana.annotate(incident)
-            incident = incident.model_copy(update={"annotation_id": annotation_id})
-            store.put(incident)
-            incident_count.add(1, {"alertname": alert.alertname, "suspect.kind": top.kind})
+                annotation_id = grafana.annotate(joined)
+                store.set_annotation(joined.fingerprint, annotation_id)
+            if created:
+                incident_count.add(1, {"alertname": alert.alertname, "suspect.kind": top.kind})
             _log.info(
                 "%s: top suspect %s %s (score %.2f)",
                 alert.alertname,
@@ -162,18 +174,24 @@ def create_app(
                     "suspect.score": top.score,
                     "suspect.summary": top.summary,
                     "grafana.annotation_id": annotation_id,
+                    "incident.id": joined.fingerprint,
                 },
             )
-        return {"fingerprint": alert.fingerprint, "action": "analysed", "top_suspect": top.model_dump()}
+        return {
+            "fingerprint": alert.fingerprint,
+            "action": "analysed" if created else "analysed, joined incident",
+            "incident": joined.fingerprint,
+            "top_suspect": top.model_dump(),
+        }
 
     def resolved(alert: WebhookAlert) -> dict[str, Any]:
         previous = store.get(alert.fingerprint)
         if previous is None:
             return {"fingerprint": alert.fingerprint, "action": "ignored: never seen firing"}
         ended = alert.ended or datetime.fromtimestamp(clock(), UTC)
-        if previous.annotation_id is not None:
-            grafana.close_region(previous.annotation_id, ended)
-        store.put(previous.model_copy(update={"status": "resolved", "ends_at": ended}))
+        incident = store.alert_resolved(alert, ended)
+        if incident is not None and incident.status == "resolved" and incident.annotation_id is not None:
+            grafana.close_region(incident.annotation_id, ended)
         _log.info(
             "%s resolved", alert.alertname, extra={"alertname": alert.alertname, "alert.fingerprint": alert.fingerprint}
         )
@@ -203,6 +221,31 @@ def create_app(
                 404, f"no incident with fingerprint {fingerprint!r}; the analyzer keeps the last {store.limit}"
             )
         return found
+
+    @app.post("/v1/logs")
+    async def otlp_logs(request: Request) -> Response:
+        """OTLP/HTTP logs (protobuf): the collector's copy, mined into templates."""
+        body = await request.body()
+        try:
+            export = decode(body, request.headers.get("content-encoding", ""))
+        except Exception as exc:
+            return JSONResponse(status_code=400, content={"message": f"not an OTLP logs export: {exc}"})
+        templates.ingest(export)
+        return Response(ExportLogsServiceResponse().SerializeToString(), media_type="application/x-protobuf")
+
+    @app.get("/templates")
+    def log_templates(service: str = Query(..., description="service.name")) -> list[dict[str, Any]]:
+        """The log templates of a service, most frequent first, with example lines."""
+        return templates.snapshot(service)
+
+    @app.get("/incidents/{fingerprint}/report.html", response_class=HTMLResponse)
+    def incident_report(fingerprint: str) -> HTMLResponse:
+        found = store.get(fingerprint)
+        if found is None:
+            raise HTTPException(404, f"no incident with fingerprint {fingerprint!r}")
+        from analyzer.report import render_report
+
+        return HTMLResponse(render_report(found, analyzer, clock()))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

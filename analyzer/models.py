@@ -18,8 +18,11 @@ FindingKind = Literal[
     "drift",
     "model_regression",
     "traffic",
+    "resource",
+    "log_template",
     "unknown",
 ]
+IncidentSource = Literal["alert", "detector"]
 
 
 class WebhookAlert(BaseModel):
@@ -103,8 +106,43 @@ class Links(BaseModel):
     loki_explore: str
 
 
-class Incident(BaseModel):
+class Event(BaseModel):
+    """Something that happened near the change point: a deployment, a training run."""
+
+    kind: str  # "deployment", "training_run"
+    at: datetime | None = None
+    summary: str
+    promql: str = ""
+
+
+class Exemplar(BaseModel):
+    """A trace of the window, from an exemplar of a histogram bucket (Prometheus query_exemplars)."""
+
+    trace_id: str
+    at: datetime
+    value: float
+    series: str
+    url: str = ""
+
+
+class AlertRef(BaseModel):
+    """An alert that joined an incident, with the analysis made for it."""
+
     fingerprint: str
+    alertname: str
+    status: AlertStatus
+    labels: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime | None = None
+    top_suspect: Finding
+
+
+class Incident(BaseModel):
+    fingerprint: str = Field(
+        description="the incident's id: the first alert's fingerprint, or cp-... for one the detector opened"
+    )
+    source: IncidentSource = "alert"
+    service: str | None = None
     alertname: str
     status: AlertStatus
     labels: dict[str, str]
@@ -119,3 +157,11 @@ class Incident(BaseModel):
     links: Links
     errors: list[str] = Field(default_factory=list, description="queries that failed; their signals were skipped")
     annotation_id: int | None = None
+    change_point: datetime | None = Field(None, description="where the detector places the change (ruptures)")
+    detected_at: datetime | None = Field(None, description="when the detector first saw it")
+    suspects: list[Finding] = Field(
+        default_factory=list, description="the top suspect, and the second when it is strong too"
+    )
+    alerts: list[AlertRef] = Field(default_factory=list, description="the alerts that joined this incident")
+    events: list[Event] = Field(default_factory=list)
+    exemplars: list[Exemplar] = Field(default_factory=list)

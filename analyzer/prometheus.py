@@ -89,6 +89,11 @@ class PrometheusClient:
             out.append(RangeSeries(dict(item["metric"]), values))
         return out
 
+    def query_exemplars(self, expr: str, start: float, end: float) -> list[tuple[dict[str, str], list[dict]]]:
+        """``/api/v1/query_exemplars``: per series, its exemplars (``labels``, ``value``, ``timestamp``)."""
+        data = self._call("/api/v1/query_exemplars", {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}"})
+        return [(dict(item.get("seriesLabels", {})), list(item.get("exemplars", []))) for item in data or []]
+
     def ready(self) -> bool:
         try:
             return self._http.get("/-/ready").status_code == 200

@@ -41,18 +41,20 @@ this analysis against the injected fault.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from analyzer.detect import ROBUST_THRESHOLD, SIGMA_THRESHOLD, Anomaly, detect
 from analyzer.links import ALERTING_SEVERITIES, build_links, quote_value
-from analyzer.models import Finding, FindingKind, Incident, WebhookAlert
+from analyzer.models import Finding, FindingKind, Incident, Links, WebhookAlert
 from analyzer.prometheus import PrometheusAPI, RangeSeries, Sample
 from analyzer.settings import Settings
 from mlobs import contract
@@ -85,14 +87,25 @@ EXPLAINED_WEIGHT = 0.5  # an operation or stage explained by a deeper span that 
 EXPLAINED_SHARE = 0.5  # the share of the added latency a deeper span must account for
 TRAFFIC_WEIGHT = 0.6
 LOG_WEIGHT = 0.6
+# Resource use of the process: a cause when it saturates (a CPU-bound Python process tops out near
+# one core: the GIL), else as likely a symptom (more work, or a leak that has not hurt yet).
+RESOURCE_WEIGHT = 0.7
+CPU_SATURATED_CORES = 0.85
+CPU_EFFECT = 0.25  # cores
+THREAD_EFFECT = 10.0  # threads
+# The second suspect is reported when it is strong too: at least this score, and this share of the first's.
+SECOND_SUSPECT_SCORE = 0.25
+SECOND_SUSPECT_SHARE = 0.5
 UNDEPLOYED_REGRESSION_WEIGHT = 0.5
 KIND_ORDER: tuple[FindingKind, ...] = (
     "downstream_latency",
     "errors",
     "model_regression",
     "drift",
+    "resource",
     "stage_latency",
     "operation_latency",
+    "log_template",
     "logs",
     "traffic",
     "unknown",
@@ -175,6 +188,7 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
         return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}{matchers}[{rate_window}])))"
 
     info = f"max by (ml_model_version) (ml_model_info{ml})"
+    proc = selector(job=target.job, **focus)
     return {
         "stage_p95": quantile("0.95", "ml_stage_duration_seconds_bucket", "ml_stage", ml),
         "stage_p99": quantile("0.99", "ml_stage_duration_seconds_bucket", "ml_stage", ml),
@@ -193,6 +207,11 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
         "accuracy": f"min(ml_model_accuracy{ml})",
         "f1": f"min(ml_model_f1{ml})",
         "request_rate": f"sum(rate(ml_request_duration_seconds_count{ml}[{rate_window}]))",
+        # The process's resource use (system-metrics instrumentation; any SDK's process metrics).
+        "cpu": f"sum(rate({contract.PROCESS_CPU_TIME_SECONDS_TOTAL}{proc}[{rate_window}]))",
+        "memory": f"sum({contract.PROCESS_MEMORY_USAGE_BYTES}{proc})",
+        "threads": f"sum({contract.PROCESS_THREAD_COUNT_SERIES}{proc})",
+        "gc": f"sum(rate({contract.CPYTHON_GC_COLLECTIONS_TOTAL}{proc}[{rate_window}]))",
         "deployments": f"sum by (ml_model_version) (changes(ml_model_deployments_total{ml}[{DEPLOY_WINDOW}]))",
         # A version's counter starts at 1, which changes() does not see: new info series do.
         "new_versions": f"{info} unless max by (ml_model_version) (ml_model_info{ml} offset {DEPLOY_WINDOW})",
@@ -217,6 +236,7 @@ class Signal:
     min_scale: float
     relative_floor: float
     effect_unit: float
+    subject: str | None = None  # a fixed subject (resource signals), else the label's or the model's
 
 
 # The kind of a span signal's finding follows the span's level (LATENCY_KINDS); min_scale and
@@ -235,8 +255,27 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("accuracy", "model_regression", None, "rolling accuracy of", "", -1, 0.005, 0.0, QUALITY_EFFECT),
     Signal("f1", "model_regression", None, "rolling F1 of", "", -1, 0.005, 0.0, QUALITY_EFFECT),
     Signal("request_rate", "traffic", None, "request rate of", "req/s", 0, 0.01, 0.05, RATE_EFFECT),
+    Signal("cpu", "resource", None, "CPU use of the process:", "cores", 1, 0.02, 0.05, CPU_EFFECT, "cpu"),
+    Signal("memory", "resource", None, "memory of the process:", "By", 1, 2**20, 0.02, RATE_EFFECT, "memory"),
+    Signal("threads", "resource", None, "threads of the process:", "threads", 1, 1.0, 0.0, THREAD_EFFECT, "threads"),
+    Signal("gc", "resource", None, "garbage collections of the process:", "gc/s", 1, 0.05, 0.1, RATE_EFFECT, "gc"),
+    # Not PromQL: the analyzer's own log-template counts (analyzer/logtemplates.py).
+    Signal("log_template", "log_template", None, "rate of log template", "rec/s", 1, 0.01, 0.1, RATE_EFFECT),
 )
-RATE_UNITS = {"req/s": "req/s", "rec/s": "records/s"}
+TEMPLATE_SIGNAL = SIGNALS[-1]
+TEMPLATE_SUBJECT_CHARS = 120
+RATE_UNITS = {"req/s": "req/s", "rec/s": "records/s", "gc/s": "collections/s"}
+# Signals whose effect counts in doublings rather than in absolute units.
+RELATIVE_UNITS = {*RATE_UNITS, "By"}
+
+
+def _seconds(window: str) -> float:
+    """A Prometheus duration such as ``1m`` or ``90s``, in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", window):
+        total += float(number) * units[unit]
+    return total or 60.0
 
 
 def _sat(x: float) -> float:
@@ -252,6 +291,10 @@ def fmt(value: float, unit: str) -> str:
         return f"{value * 100:.1f}%"
     if unit in RATE_UNITS:
         return f"{value:.2f} {RATE_UNITS[unit]}"
+    if unit == "By":
+        return f"{value / 2**20:.1f}MiB"
+    if unit in ("cores", "threads"):
+        return f"{value:.2f} {unit}" if unit == "cores" else f"{value:.0f} threads"
     return f"{value:.3f}"
 
 
@@ -262,6 +305,12 @@ def _z(value: float) -> str:
 def _version(label: str) -> tuple[int, int, str]:
     """Numeric versions in numeric order (2 before 10), anything else after them."""
     return (0, int(label), "") if label.isdigit() else (1, 0, label)
+
+
+def _asgi_message_span(span_name: str, span_kind: str) -> bool:
+    """An ASGI instrumentation's per-message span: part of its operation, not deeper than it (else a
+    failing request would make its own "http send" span the cause and the operation its symptom)."""
+    return span_kind == "SPAN_KIND_INTERNAL" and span_name.endswith(contract.ASGI_MESSAGE_SPAN_SUFFIXES)
 
 
 def _span_kind_name(span_kind: str) -> str:
@@ -280,6 +329,8 @@ class _Evidence:
     anomaly: Anomaly
     expr: str
     weight: float = 1.0
+    values: Any = None  # the series on the query grid (numpy), for change points and plots
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def bad_delta(self) -> float:
@@ -292,7 +343,7 @@ class _Evidence:
     @property
     def effect(self) -> float:
         a = self.anomaly
-        if self.signal.unit in RATE_UNITS:
+        if self.signal.unit in RELATIVE_UNITS:
             # Doublings, with the signal's noise floor for a rate at 0 (none before, or none now).
             low = max(self.signal.min_scale, 1e-9)
             return abs(math.log2(max(a.latest, low) / max(a.median, low))) / self.signal.effect_unit
@@ -353,7 +404,7 @@ class _Candidate:
     def finding(self) -> Finding:
         best = self.best
         ordered = [best, *sorted((e for e in self.evidence if e is not best), key=lambda e: -e.score)]
-        exprs = list(dict.fromkeys([*(e.expr for e in ordered), *self.more_promql]))
+        exprs = [x for x in dict.fromkeys([*(e.expr for e in ordered), *self.more_promql]) if x]
         text = "\n".join([*(e.sentence() for e in ordered), *self.notes, *(f"PromQL: {x}" for x in exprs)])
         return Finding(
             kind=self.kind,
@@ -393,6 +444,25 @@ class _Deployment:
         return "; ".join(parts)
 
 
+@dataclass
+class Assessment:
+    """One ranking of a target's candidate causes at one time."""
+
+    target: Target
+    ranked: list[_Candidate]  # scored above 0, best first (empty when nothing moved)
+    findings: list[Finding]
+    deployment: _Deployment
+    errors: list[str]
+    link_promql: str
+    start: float  # the queried grid: start, end, step
+    end: float
+    step: float
+
+    @property
+    def top(self) -> _Candidate | None:
+        return self.ranked[0] if self.ranked else None
+
+
 class RootCauseAnalyzer:
     """Ranks the candidate causes of an alert; stateless apart from its clients."""
 
@@ -408,8 +478,10 @@ class RootCauseAnalyzer:
         rate_window: str = RATE_WINDOW,
         slow_seconds: float = SLOW_SECONDS,
         clock: Callable[[], float] = time.time,
+        templates: Any = None,
     ) -> None:
         self.prometheus = prometheus
+        self.templates = templates  # a logtemplates.TemplateBook, or None
         self.grafana_url = grafana_url
         self.tracer = tracer or trace.NoOpTracer()
         self.recent_seconds = recent_seconds
@@ -429,11 +501,11 @@ class RootCauseAnalyzer:
     # ---- querying
 
     def _run(
-        self, target: Target, at: float
+        self, target: Target, at: float, recent_seconds: float | None = None
     ) -> tuple[dict[str, list[RangeSeries]], dict[str, list[Sample]], list[str]]:
         queries = promql(target, rate_window=self.rate_window)
         end = math.floor(at / self.step_seconds) * self.step_seconds
-        start = end - self.baseline_seconds - self.recent_seconds
+        start = end - self.baseline_seconds - (self.recent_seconds if recent_seconds is None else recent_seconds)
         parent = otel_context.get_current()
         errors: list[str] = []
 
@@ -462,16 +534,23 @@ class RootCauseAnalyzer:
     # ---- scoring
 
     def _candidates(
-        self, target: Target, ranged: dict[str, list[RangeSeries]]
+        self,
+        target: Target,
+        ranged: dict[str, list[RangeSeries]],
+        recent_seconds: float | None = None,
+        end: float | None = None,
     ) -> dict[tuple[str, str, int | None], _Candidate]:
         queries = promql(target, rate_window=self.rate_window)
-        recent_points = max(1, round(self.recent_seconds / self.step_seconds))
+        recent = self.recent_seconds if recent_seconds is None else recent_seconds
+        recent_points = max(1, round(recent / self.step_seconds))
         model = target.model_name or target.job or "model"
         candidates: dict[tuple[str, str, int | None], _Candidate] = {}
         for signal in SIGNALS:
             for series in ranged.get(signal.query, []):
                 kind, level, weight = signal.kind, None, 1.0
                 span_kind = series.labels.get("span_kind", "")
+                if signal.label == "span_name" and _asgi_message_span(series.labels.get("span_name", ""), span_kind):
+                    continue  # its operation's own span is the candidate (contract.ASGI_MESSAGE_SPAN_SUFFIXES)
                 if signal.label == "span_name":
                     level = SPAN_LEVELS.get(span_kind, STAGE)
                     if signal.kind == "stage_latency":
@@ -482,9 +561,12 @@ class RootCauseAnalyzer:
                     weight = TRAFFIC_WEIGHT
                 if signal.kind == "logs":
                     weight = LOG_WEIGHT
+                if signal.kind == "resource":
+                    weight = RESOURCE_WEIGHT
                 subject = (
-                    series.labels.get(signal.label, "")
-                    if signal.label
+                    signal.subject
+                    or series.labels.get(signal.label or "", "")
+                    if signal.label or signal.subject
                     else (target.job or "" if signal.kind == "traffic" else model)
                 )
                 if not subject:
@@ -495,11 +577,52 @@ class RootCauseAnalyzer:
                     min_scale=signal.min_scale,
                     relative_floor=signal.relative_floor,
                 )
-                evidence = _Evidence(signal, subject, anomaly, queries[signal.query], weight)
+                evidence = _Evidence(
+                    signal, subject, anomaly, queries[signal.query], weight, series.values, dict(series.labels)
+                )
                 candidate = candidates.setdefault((kind, subject, level), _Candidate(kind, subject, level))
                 candidate.span_kind = candidate.span_kind or span_kind
                 candidate.evidence.append(evidence)
+        if self.templates is not None and target.service_name:
+            self._template_candidates(target.service_name, ranged, recent, candidates, end)
         return candidates
+
+    def _template_candidates(
+        self, service: str, ranged: dict[str, list[RangeSeries]], recent: float, candidates: dict, end: float | None
+    ) -> None:
+        """A WARN-or-worse template whose rate moved, or a template first seen in the recent window."""
+        grid = round((self.baseline_seconds + recent) / self.step_seconds) + 1
+        if end is None:
+            end = math.floor(self.clock() / self.step_seconds) * self.step_seconds
+        start = end - (grid - 1) * self.step_seconds
+        recent_start = end - recent
+        recent_points = max(1, round(recent / self.step_seconds))
+        window = _seconds(self.rate_window)
+        for template, values, first in self.templates.series(service, start, end, self.step_seconds, window):
+            new = template.first_seen >= recent_start and first < recent_start - self.baseline_seconds / 2
+            if template.severity not in ALERTING_SEVERITIES and not new:
+                continue
+            subject = template.text if len(template.text) <= TEMPLATE_SUBJECT_CHARS else (
+                template.text[: TEMPLATE_SUBJECT_CHARS - 1] + "…"
+            )
+            anomaly = detect(
+                values, recent=recent_points, min_scale=TEMPLATE_SIGNAL.min_scale,
+                relative_floor=TEMPLATE_SIGNAL.relative_floor,
+            )
+            labels = {"severity": template.severity}
+            evidence = _Evidence(TEMPLATE_SIGNAL, subject, anomaly, "", LOG_WEIGHT, values, labels)
+            candidate = _Candidate("log_template", subject, None)
+            candidate.evidence.append(evidence)
+            when = datetime.fromtimestamp(template.first_seen, UTC).strftime("%H:%M:%S")
+            candidate.notes.append(
+                f"log template #{template.id} ({template.severity}): {template.text}"
+                + (f"; new: first seen at {when} UTC" if new else f"; first seen at {when} UTC")
+            )
+            for ex in list(template.examples)[-3:]:
+                at = datetime.fromtimestamp(ex.at, UTC).strftime("%H:%M:%S")
+                trace = f" trace_id={ex.trace_id}" if ex.trace_id else ""
+                candidate.notes.append(f"example {at} {ex.severity}{trace}: {ex.body}")
+            candidates[("log_template", subject, None)] = candidate
 
     @staticmethod
     def _deployment(target: Target, instant: dict[str, list[Sample]]) -> _Deployment:
@@ -546,6 +669,20 @@ class RootCauseAnalyzer:
                 "rose too: a symptom of it"
             )
 
+    @staticmethod
+    def _explain_resource(candidate: _Candidate) -> None:
+        """CPU near one core saturates a Python process: then a cause, at full weight."""
+        if candidate.subject == "cpu":
+            latest = candidate.best.anomaly.latest
+            if math.isfinite(latest) and latest >= CPU_SATURATED_CORES:
+                candidate.weight = 1.0 / RESOURCE_WEIGHT  # undoes the evidence's resource weight
+                candidate.notes.append(
+                    f"the process uses {latest:.2f} cores: a Python process saturates near one (the GIL), "
+                    "so every operation waits for CPU"
+                )
+                return
+        candidate.notes.append("resource use of the process: a cause when it saturates, else maybe a symptom")
+
     @classmethod
     def _adjust(
         cls, candidates: dict[tuple[str, str, int | None], _Candidate], deployment: _Deployment, target: Target
@@ -565,6 +702,8 @@ class RootCauseAnalyzer:
                 candidate.notes.append(
                     f"a {_span_kind_name(candidate.span_kind)} span: an operation the service serves"
                 )
+            if candidate.kind == "resource":
+                cls._explain_resource(candidate)
             if candidate.kind == "model_regression":
                 candidate.notes.append(deployment.note())
                 candidate.more_promql.extend(deployment.exprs)
@@ -599,12 +738,13 @@ class RootCauseAnalyzer:
 
     # ---- the analysis
 
-    def analyze(self, alert: WebhookAlert, *, at: float | None = None) -> Incident:
-        now = self.clock() if at is None else at
-        when = min(now, alert.starts_at.timestamp() + ANCHOR_SECONDS)
-        target = Target.from_labels(alert.labels)
-        ranged, instant, errors = self._run(target, when)
-        candidates = self._candidates(target, ranged)
+    def assess(self, target: Target, when: float, *, recent_seconds: float | None = None) -> Assessment:
+        """Rank the candidate causes of ``target`` at ``when``: the latest point against the baseline
+        before the last ``recent_seconds`` (the analyzer's recent window unless told)."""
+        recent = self.recent_seconds if recent_seconds is None else recent_seconds
+        ranged, instant, errors = self._run(target, when, recent)
+        end = math.floor(when / self.step_seconds) * self.step_seconds
+        candidates = self._candidates(target, ranged, recent, end)
         deployment = self._deployment(target, instant)
         self._adjust(candidates, deployment, target)
 
@@ -616,38 +756,68 @@ class RootCauseAnalyzer:
         if not findings or findings[0].score < MIN_SCORE:
             findings = [self._unknown(target, ranged, errors), *findings][:MAX_FINDINGS]
             link_promql = findings[0].promql[0]
+            ranked = []
         else:
             best = ranked[0].best
             focus = {best.signal.label: best.subject} if best.signal.label else None
             link_promql = promql(target, focus, rate_window=self.rate_window)[best.signal.query]
-        top = findings[0]
-
         end = math.floor(when / self.step_seconds) * self.step_seconds
-        start = end - self.baseline_seconds - self.recent_seconds
+        start = end - self.baseline_seconds - recent
+        return Assessment(target, ranked, findings, deployment, errors, link_promql, start, end, self.step_seconds)
+
+    def suspects(self, assessment: Assessment) -> list[Finding]:
+        """The top suspect, and the second when it is strong too and not a symptom of the first."""
+        ranked = assessment.ranked
+        if not ranked:
+            return assessment.findings[:1]
+        out = [ranked[0].finding()]
+        for c in ranked[1:3]:
+            if (
+                c.score >= SECOND_SUSPECT_SCORE
+                and c.score >= SECOND_SUSPECT_SHARE * ranked[0].score
+                and c.weight >= 1.0
+                and c.kind not in ("logs", "traffic")
+            ):
+                out.append(c.finding())
+                break
+        return out
+
+    def links_for(self, assessment: Assessment, *, extra_seconds: float | None = None) -> Links:
+        deployment = assessment.deployment
+        target = assessment.target
         new_version = deployment.new_versions[-1] if deployment.new_versions else None
-        links = build_links(
-            top,
-            promql=link_promql,
+        return build_links(
+            assessment.findings[0],
+            promql=assessment.link_promql,
             grafana=self.grafana_url,
             service=target.service_name,
             model_version=new_version or target.model_version,
-            start_ms=int(start * 1000),
-            end_ms=int((end + self.recent_seconds) * 1000),
+            start_ms=int(assessment.start * 1000),
+            end_ms=int((assessment.end + (self.recent_seconds if extra_seconds is None else extra_seconds)) * 1000),
             slow=self.slow_seconds,
         )
+
+    def analyze(self, alert: WebhookAlert, *, at: float | None = None) -> Incident:
+        now = self.clock() if at is None else at
+        when = min(now, alert.starts_at.timestamp() + ANCHOR_SECONDS)
+        target = Target.from_labels(alert.labels)
+        assessment = self.assess(target, when)
+        findings = assessment.findings
         return Incident(
             fingerprint=alert.fingerprint,
             alertname=alert.alertname,
             status=alert.status,
+            service=target.service_name,
             labels=alert.labels,
             annotations=alert.annotations,
             starts_at=alert.starts_at,
             ends_at=alert.ended,
             analyzed_at=datetime.fromtimestamp(now, UTC),
-            evaluated_at=datetime.fromtimestamp(end, UTC),
+            evaluated_at=datetime.fromtimestamp(assessment.end, UTC),
             window=self.window,
-            top_suspect=top,
+            top_suspect=findings[0],
             findings=findings,
-            links=links,
-            errors=errors,
+            suspects=self.suspects(assessment),
+            links=self.links_for(assessment),
+            errors=assessment.errors,
         )

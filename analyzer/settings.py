@@ -36,6 +36,12 @@ class Settings:
     # A slow trace, for the links of a finding: the tail sampler's threshold (sampling.slow_threshold_ms,
     # which the stack passes to every service as MLOBS_SAMPLING_SLOW_MS).
     slow_seconds: float = Sampling().slow_threshold_ms / 1000
+    # Continuous detection (analyzer/detector.py): on unless MLOBS_ANALYZER_DETECT=false; the
+    # services it leaves alone (MLOBS_ANALYZER_DETECT_EXCLUDE, comma-separated; its own by default).
+    detect: bool = True
+    detect_exclude: tuple[str, ...] = ("mlobs-analyzer",)
+    # Where a browser opens a trace by id (the Jaeger UI natively); empty: Grafana's Explore only.
+    trace_ui_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,4 +75,10 @@ class Settings:
             step_seconds=number("MLOBS_ANALYZER_STEP_SECONDS", cls.step_seconds, float),
             rate_window=env.get("MLOBS_ANALYZER_RATE_WINDOW") or cls.rate_window,
             slow_seconds=number("MLOBS_SAMPLING_SLOW_MS", cls.slow_seconds * 1000, float) / 1000,
+            detect=env.get("MLOBS_ANALYZER_DETECT", "true").strip().lower() not in ("false", "0", "no", "off"),
+            detect_exclude=tuple(
+                x.strip() for x in env.get("MLOBS_ANALYZER_DETECT_EXCLUDE", ",".join(cls.detect_exclude)).split(",")
+                if x.strip()
+            ),
+            trace_ui_url=(env.get("MLOBS_TRACE_UI_URL") or "").rstrip("/"),
         )

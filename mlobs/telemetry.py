@@ -124,6 +124,8 @@ DEFAULT_PROTOCOL = "http/protobuf"
 _HANDLER_MARK = "_mlobs_handler"
 # The process metrics the sample service has always exported (the instrumentor's default is everything).
 _SYSTEM_METRICS = {"process.cpu.time": ["user", "system"], "process.memory.usage": None}
+# ... and, for the analyzer's resource candidates (mlobs.contract PROCESS_THREAD_COUNT, CPYTHON_GC_COLLECTIONS):
+_SYSTEM_METRICS |= {"process.thread.count": None, "cpython.gc.collections": None}
 
 
 def package_version() -> str:

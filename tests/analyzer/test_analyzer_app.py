@@ -83,6 +83,14 @@ def test_a_body_that_is_not_json_is_422(make_client) -> None:
     assert r.status_code == 422
 
 
+def test_random_bytes_of_another_content_type_are_422_not_500(make_client) -> None:
+    """Not JSON and not UTF-8: the error body shows the bytes cut, it does not fail to encode them."""
+    raw = bytes(range(256)) * 4
+    r = make_client().post("/alerts", content=raw, headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 422, r.text
+    assert "1024 bytes" in r.text
+
+
 def test_extra_fields_from_newer_alertmanagers_are_accepted(make_client) -> None:
     body = payload(alert())
     body["somethingNew"] = {"x": 1}
@@ -116,7 +124,8 @@ def test_an_analysis_that_breaks_is_reported_never_a_500(make_client) -> None:
 def test_incidents_are_bounded_and_newest_first(make_client) -> None:
     client = make_client(max_incidents=3)
     for i in range(5):
-        body = payload(alert(fingerprint=f"fp{i}", labels={"instance": str(i)}))
+        # Alerts about different services: each opens its own incident (one service's would join one).
+        body = payload(alert(fingerprint=f"fp{i}", labels={"job": f"service-{i}"}))
         assert client.post("/alerts", json=body).status_code == 200
     listed = client.get("/incidents").json()
     assert [i["fingerprint"] for i in listed] == ["fp4", "fp3", "fp2"]

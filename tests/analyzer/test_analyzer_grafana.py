@@ -77,7 +77,8 @@ def test_grafana_down_is_skipped_quietly(make_client, caplog) -> None:
     client = make_client(annotator=down.annotator())
     with caplog.at_level(logging.INFO, logger="analyzer.grafana"):
         for fingerprint in ("one", "two"):
-            assert client.post("/alerts", json=payload(alert(fingerprint=fingerprint))).status_code == 200
+            body = payload(alert(fingerprint=fingerprint, labels={"job": f"service-{fingerprint}"}))
+            assert client.post("/alerts", json=body).status_code == 200
     skipped = [r for r in caplog.records if r.name == "analyzer.grafana"]
     assert len(skipped) == 1 and "does not answer" in skipped[0].getMessage()
     assert [i["annotation_id"] for i in client.get("/incidents").json()] == [None, None]

@@ -156,3 +156,17 @@ def test_the_webhook_analyses_and_annotates_an_alert_on_shop_api(make_client, gr
     text = json.loads(grafana.requests[0].content)["text"]
     assert text.startswith("ServiceErrorRatioHigh (shop-api POST /checkout): top suspect errors POST /checkout")
     assert client.get("/incidents/5e0a").json()["links"]["logql"].startswith('{service_name="shop-api"}')
+
+
+def test_the_asgi_send_span_of_a_failing_operation_is_not_its_cause() -> None:
+    """Zero-code FastAPI: the INTERNAL "POST /checkout http send" span takes the 500 of its request.
+    It is the operation itself, so the operation stays the top suspect and is no symptom of it."""
+    w = shop_checkout_errors()
+    send = {"span_name": f"{CHECKOUT} http send", "span_kind": "SPAN_KIND_INTERNAL"}
+    w.steady("span_p95", send, 0.0001, 0.00001)
+    w.steady("span_error_ratio", send, 0.01, 0.002)
+    w.shift("span_error_ratio", send, 0.25, 0.01)
+    incident = analyse(w)
+    assert (incident.top_suspect.kind, incident.top_suspect.subject) == ("errors", CHECKOUT)
+    assert "symptom" not in incident.top_suspect.evidence
+    assert f"{CHECKOUT} http send" not in {f.subject for f in incident.findings}
