@@ -40,7 +40,7 @@ class InjectedError(RuntimeError):
 class FaultChange(BaseModel):
     """Switch one fault on (with its parameters) or off."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # {"enabled": "no"} is not False
 
     fault: FaultKind
     enabled: bool = True

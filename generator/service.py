@@ -29,14 +29,17 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from opentelemetry import baggage, context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from generator.drift import DriftMonitor
 from generator.faults import FaultChange, FaultState, InjectedError
@@ -51,6 +54,7 @@ from generator.model import (
     ModelRegistry,
     ModelVersion,
     latest_version,
+    load_dataset,
     mark_rolled_back,
     model_dir,
     monitored_features,
@@ -60,12 +64,16 @@ from generator.quality import Prediction, PredictionLog, RollingQuality, label_d
 from generator.telemetry import attach_baggage, setup_telemetry
 from generator.train import train_version
 from mlobs.contract import ATTR_BATCH_ID, ATTR_REQUEST_ID, SERVICE_INFERENCE
+from mlobs.httperrors import validation_errors
 from mlobs.telemetry import Telemetry, package_version
 
 _log = logging.getLogger("generator.service")
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 _ID_RE = re.compile(ID_PATTERN)
 MAX_BATCH = 1000
+# The largest measurement is about 4300 (worst_area); far beyond it the scaler overflows to inf and
+# the model fails (a 500). A million is still accepted, and says "out of range" only to nonsense.
+MAX_FEATURE_VALUE = 1e6
 REGRESSION_SEED = 1
 # Prometheus caps an exemplar's labels at 128 characters; trace_id and span_id take 63.
 _MAX_EXEMPLAR_ID = 48
@@ -81,18 +89,20 @@ ATTR_ROW_INDEX = "ml.row.index"
 
 # --------------------------------------------------------------------------- request models
 
+# strict: a JSON true is not the number 1, nor "12.5" a number (the schema says number; lax mode coerced them).
 Features = create_model(  # type: ignore[call-overload]
     "Features",
-    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False, strict=True),
     **{
-        name: (float | None, Field(None, ge=0, description=f"{name.replace('_', ' ')} (non-negative)"))
+        name: (float | None, Field(None, ge=0, le=MAX_FEATURE_VALUE,
+                                   description=f"{name.replace('_', ' ')} (0 to {MAX_FEATURE_VALUE:g})"))
         for name in FEATURE_NAMES
     },
 )
 
 
 class Instance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     patient_id: str | None = Field(
         None, pattern=ID_PATTERN, description="Fills the features the request leaves out from the feature store"
@@ -105,6 +115,7 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"patient_id": "P00042", "features": {"mean_radius": 17.99, "mean_texture": 10.38}},
@@ -135,11 +146,24 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     request_id: str = Field(pattern=ID_PATTERN, description="X-Request-ID of the prediction")
-    index: int = Field(0, ge=0, lt=MAX_BATCH, description="row of a batch (0 for one row)")
+    index: int = Field(0, ge=0, lt=MAX_BATCH, strict=False, description="row of a batch (0 for one row)")
     label: Literal["malignant", "benign"]
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _a_json_integer(cls, v: Any) -> Any:
+        # {"index": false} is not row 0, nor "3" row 3 (lax mode coerced both); 3.0 is an integer in
+        # JSON Schema, so it stays row 3 (and 3.5 is refused by the int itself)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise PydanticCustomError("int_type", "Input should be a valid integer")
+        return v
+
+
+class ErrorBody(BaseModel):
+    detail: str
 
 
 class ValidationErrorBody(BaseModel):
@@ -147,8 +171,56 @@ class ValidationErrorBody(BaseModel):
     request_id: str
 
 
-_PREDICT_SCHEMA = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-_PREDICT_DEFS = _PREDICT_SCHEMA.pop("$defs", {})
+def _upto_pattern(last: int, width: int) -> str:
+    """A regular expression of the zero-padded numbers 0 to ``last``: ``_upto_pattern(568, 5)``
+    matches 00000 to 00568."""
+    top = f"{last:0{width}d}"
+    alternatives = [top[:i] + (f"[0-{int(d) - 1}]" if d > "1" else "0") + "[0-9]" * (width - i - 1)
+                    for i, d in enumerate(top) if d != "0"]
+    return "(?:" + "|".join([*alternatives, top]) + ")"
+
+
+def _predict_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request body of POST /predict as validation enforces it: exactly one of a row
+    (``PredictRow``) or a batch (``PredictBatch``, ``instances`` of rows); a row either has all 30
+    features, or a ``patient_id`` of the feature store, which fills the features it leaves out."""
+    ref = "#/components/schemas/{model}"
+    schema = PredictRequest.model_json_schema(ref_template=ref)
+    defs = schema.pop("$defs", {})
+    props = schema["properties"]
+    complete = {
+        "type": "object", "additionalProperties": False, "required": list(FEATURE_NAMES),
+        "description": "All 30 features (a row without a patient_id of the feature store)",
+        "properties": {n: next(a for a in f["anyOf"] if a.get("type") == "number")
+                       for n, f in defs["Features"]["properties"].items()},
+    }
+    stored_id = f"^P{_upto_pattern(len(load_dataset().features) - 1, 5)}$"  # feature_store.patient_id
+    # each alternative a whole object schema (nothing to merge: generators canonicalize it as written)
+    with_features = {
+        "type": "object", "additionalProperties": False, "required": ["features"], "title": "RowWithFeatures",
+        "description": "A row with all 30 features (its patient_id, if any, needs no stored features)",
+        "properties": {"patient_id": props["patient_id"], "features": {"$ref": ref.format(model="CompleteFeatures")}},
+    }
+    of_stored_patient = {
+        "type": "object", "additionalProperties": False, "required": ["patient_id"], "title": "RowOfStoredPatient",
+        "description": "A patient of the feature store, whose stored features fill those the row leaves out",
+        "properties": {"patient_id": {"type": "string", "pattern": stored_id}, "features": props["features"]},
+    }
+    row = {"title": "PredictRow", "description": "One row: its features, and/or a patient of the feature store",
+           "anyOf": [{"$ref": ref.format(model="RowWithFeatures")}, {"$ref": ref.format(model="RowOfStoredPatient")}]}
+    batch = {"type": "object", "additionalProperties": False, "title": "PredictBatch", "required": ["instances"],
+             "description": "A batch of rows", "properties": {
+                 "instances": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                               "items": {"$ref": ref.format(model="PredictRow")}},
+                 "batch_id": props["batch_id"]}}
+    defs.update({"CompleteFeatures": complete, "RowWithFeatures": with_features,
+                 "RowOfStoredPatient": of_stored_patient, "PredictRow": row, "PredictBatch": batch})
+    schema = {"title": schema["title"], "description": schema["description"], "examples": schema["examples"],
+              "oneOf": [{"$ref": ref.format(model="PredictRow")}, {"$ref": ref.format(model="PredictBatch")}]}
+    return schema, defs
+
+
+_PREDICT_SCHEMA, _PREDICT_DEFS = _predict_schema()
 
 
 class InvalidInput(Exception):
@@ -602,7 +674,7 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's own body validation (feedback, admin): an error span and a warning, then 422."""
-        errors = jsonable_encoder(exc.errors())
+        errors = validation_errors(exc.errors())
         with service.tracer.start_as_current_span("validation", attributes={"ml.stage": "validation"}) as span:
             span.set_attribute("error.type", "invalid_input")
             span.record_exception(exc)
@@ -610,6 +682,23 @@ def create_app(
             fields = [".".join(str(p) for p in e.get("loc", ())[1:]) for e in errors]
             _log.warning("invalid input on %s: %s", request.url.path, fields, extra={"error.fields": fields})
         return JSONResponse({"detail": errors, "request_id": _current_request_id()}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's own errors, made to say what they are about: a body that cannot be decoded is a
+        422 naming the body (FastAPI answers 400 without a field), and a 405 lists in ``Allow`` every
+        method of the path (Starlette lists those of the first route that matched it only)."""
+        cause = exc.__cause__
+        if exc.status_code == 400 and cause is not None:
+            errors = [{"loc": ["body"], "msg": f"body is not valid JSON: {type(cause).__name__}: {cause}",
+                       "type": "json_invalid"}]
+            return await invalid_body(request, RequestValidationError(errors))
+        if exc.status_code == 405:
+            allowed = sorted({m for route in app.router.routes
+                              if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
+                              for m in route.methods or ()})
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, exc)
 
     @app.post(
         "/predict",
@@ -631,7 +720,7 @@ def create_app(
         "/feedback",
         tags=["inference"],
         summary="The true label of an earlier prediction",
-        responses={404: {"description": "No prediction awaits a label for that id"}},
+        responses={404: {"model": ErrorBody, "description": "No prediction awaits a label for that id"}},
     )
     async def feedback(body: FeedbackRequest) -> JSONResponse:
         return service.feedback(body)
@@ -654,20 +743,28 @@ def create_app(
                 "admin endpoints are disabled: set MLOBS_ADMIN_TOKEN in the service's environment "
                 "and send the same value in the X-Admin-Token header",
             )
-        if not x_admin_token or not hmac.compare_digest(x_admin_token, service.admin_token):
+        # constant time, on bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+        if not x_admin_token or not hmac.compare_digest(x_admin_token.encode(), service.admin_token.encode()):
             raise HTTPException(401, "missing or wrong X-Admin-Token header")
 
     admin = [Depends(require_admin)]
+    admin_errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorBody, "description": "Missing or wrong X-Admin-Token header"},
+        403: {"model": ErrorBody, "description": "Admin endpoints disabled: MLOBS_ADMIN_TOKEN is not set"},
+    }
 
-    @app.get("/admin/faults", tags=["admin"], dependencies=admin, summary="Faults switched on now")
+    @app.get("/admin/faults", tags=["admin"], dependencies=admin, summary="Faults switched on now",
+             responses=admin_errors)
     def list_faults() -> dict[str, Any]:
         return {"active": service.faults.snapshot()}
 
-    @app.post("/admin/faults", tags=["admin"], dependencies=admin, summary="Switch one fault on or off")
+    @app.post("/admin/faults", tags=["admin"], dependencies=admin, summary="Switch one fault on or off",
+              responses=admin_errors)
     def change_fault(change: FaultChange) -> dict[str, Any]:
         return {"active": service.faults.apply(change)}
 
-    @app.delete("/admin/faults", tags=["admin"], dependencies=admin, summary="Switch every fault off")
+    @app.delete("/admin/faults", tags=["admin"], dependencies=admin, summary="Switch every fault off",
+                responses=admin_errors)
     def clear_faults() -> dict[str, Any]:
         return {"active": service.faults.clear()}
 

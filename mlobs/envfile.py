@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -30,6 +31,17 @@ def ensure(path: Path) -> tuple[dict[str, str], list[str]]:
         for key in added:
             values[key] = secrets.token_urlsafe(24)
             lines.append(f"{key}={values[key]}")
-        path.write_text("\n".join(lines) + "\n")
+        _write_private(path, "\n".join(lines) + "\n")
     path.chmod(0o600)
     return values, added
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file that is mode 0600 before it holds a secret: created so (whatever the
+    umask), or narrowed before it is truncated and written (``write_text`` then ``chmod`` left the
+    secrets readable by everyone for a moment under the usual umask 022)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.truncate()
+        f.write(text)

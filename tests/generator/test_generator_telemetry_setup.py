@@ -145,8 +145,10 @@ def test_openapi_documents_the_endpoints_and_resolves_every_reference(client, pa
     document = client.get(path).json()
     assert {"/predict", "/feedback", "/healthz", "/readyz", "/admin/faults"} <= set(document["paths"])
     body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert "instances" in body["properties"]
     schemas = document["components"]["schemas"]
+    # one row or a batch (generator/service.py _predict_schema)
+    assert [r["$ref"].rsplit("/", 1)[-1] for r in body["oneOf"]] == ["PredictRow", "PredictBatch"]
+    assert "instances" in schemas["PredictBatch"]["properties"]
 
     def refs(node):
         if isinstance(node, dict):
