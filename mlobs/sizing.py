@@ -7,8 +7,8 @@ source: the upstream projects' published sizing, a measured figure from ``bench/
 where one exists (it replaces the published figure of the same name), or an assumption, said so.
 
 ``bench/results.json``, when present: ``{"figures": {"<name>": {"value": <number>, "source": "<how
-it was measured>"}}}`` with names of ``FIGURES``. ``make bench`` measures the latency telemetry adds
-to a request, not throughput, and writes no such file yet.
+it was measured>"}}}`` with names of ``FIGURES``, written by ``make bench``; it writes a figure only
+when its throughput part held a rate (so far none did: see bench/results.md).
 """
 
 from __future__ import annotations
@@ -72,16 +72,17 @@ SEVERITIES = 4  # log-count series per service: info, warning, error, unspecifie
 
 def figures(results: Path = BENCH_RESULTS) -> tuple[dict[str, Figure], str]:
     """The figures in use, and where the measured ones come from (or why there are none)."""
+    shown = results.relative_to(render.ROOT) if results.is_relative_to(render.ROOT) else results
     if not results.exists():
-        shown = results.relative_to(render.ROOT) if results.is_relative_to(render.ROOT) else results
-        return dict(FIGURES), f"no {shown}: `make bench` measures latency only, so no figure is measured"
+        return dict(FIGURES), f"no {shown}: run `make bench` to measure figures"
     measured = json.loads(results.read_text()).get("figures", {})
     out = dict(FIGURES)
     for name, m in measured.items():
         if name not in FIGURES:
             raise ValueError(f"{results}: unknown figure {name!r}; known: {', '.join(FIGURES)}")
         out[name] = replace(FIGURES[name], value=float(m["value"]), source=str(m["source"]), kind="measured")
-    return out, f"measured figures from {results}: {', '.join(sorted(measured)) or 'none'}"
+    return out, (f"measured figures from {shown} (`make bench`): {', '.join(sorted(measured))}" if measured
+                 else f"{shown} (`make bench`) holds no measured figure: its throughput part held no rate")
 
 
 @dataclass(frozen=True)

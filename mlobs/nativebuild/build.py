@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlobs.nativebuild import collector, prometheus, stores
+from mlobs.nativebuild import collector, prometheus, stores, telemetrygen
 from mlobs.nativebuild.cache import app_version, cache_entry_dir, default_cache_dir, link, lock, log_path
 from mlobs.nativebuild.gobuild import NativeBuildError, Steps, console, fmt_secs, go_env, go_version, rmtree
 
@@ -55,8 +55,19 @@ TOOLS: tuple[Tool, ...] = (
         smoke=("-version",),
     ),
 )
-BY_BINARY: dict[str, Tool] = {t.binary: t for t in TOOLS}
-KEYS: tuple[str, ...] = tuple(dict.fromkeys(t.key for t in TOOLS))
+#: Binaries the stack does not run, built only when asked for by name or version key
+#: (`make bench-deps`, `mlobs bench`): not by `make native-deps`.
+BENCH_TOOLS: tuple[Tool, ...] = (
+    Tool(
+        telemetrygen.TELEMETRYGEN_BINARY,
+        "telemetrygen",
+        lambda c, v: telemetrygen.build_telemetrygen(c.steps, v),
+        smoke=("--help",),
+    ),
+)
+ALL_TOOLS: tuple[Tool, ...] = TOOLS + BENCH_TOOLS
+BY_BINARY: dict[str, Tool] = {t.binary: t for t in ALL_TOOLS}
+KEYS: tuple[str, ...] = tuple(dict.fromkeys(t.key for t in ALL_TOOLS))
 
 
 def select_tools(only: Sequence[str] | None, versions: Mapping[str, str] | None = None) -> list[str]:
@@ -65,10 +76,12 @@ def select_tools(only: Sequence[str] | None, versions: Mapping[str, str] | None 
     ``only`` takes binary names or version keys: a binary name is that binary (``prometheus`` is
     prometheus only), a key that is no binary name is its binaries (``otelcol`` = otelcol-mlobs,
     ``victorialogs`` = victoria-logs). Without ``only``: every binary whose key is in ``versions``
-    (every binary when ``versions`` is None).
+    (every binary of the stack, ``TOOLS``, when ``versions`` is None; ``BENCH_TOOLS`` only by key).
     """
     if not only:
-        return [t.binary for t in TOOLS if versions is None or t.key in versions]
+        if versions is None:
+            return [t.binary for t in TOOLS]
+        return [t.binary for t in ALL_TOOLS if t.key in versions]
     wanted: set[str] = set()
     for name in only:
         if name in BY_BINARY:
@@ -78,7 +91,7 @@ def select_tools(only: Sequence[str] | None, versions: Mapping[str, str] | None 
         else:
             known = ", ".join(dict.fromkeys([*KEYS, *BY_BINARY]))
             raise ValueError(f"unknown binary {name!r}; known: {known}")
-    return [t.binary for t in TOOLS if t.binary in wanted]
+    return [t.binary for t in ALL_TOOLS if t.binary in wanted]
 
 
 def _progress(text: str) -> contextlib.AbstractContextManager:

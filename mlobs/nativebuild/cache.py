@@ -61,12 +61,12 @@ def jaeger_go_version(version: str) -> str:
 
 def go_module_version(key: str, version: str) -> str:
     """Go module version for an entry of ``versions``
-    (``otelcol``, ``prometheus``, ``alertmanager``, ``jaeger``, ``victorialogs``)."""
+    (``otelcol``, ``prometheus``, ``alertmanager``, ``jaeger``, ``victorialogs``, ``telemetrygen``)."""
     if key == "prometheus":
         return prometheus_go_version(version)
     if key == "jaeger":
         return jaeger_go_version(version)
-    if key in ("otelcol", "alertmanager", "victorialogs"):
+    if key in ("otelcol", "alertmanager", "victorialogs", "telemetrygen"):
         return "v" + app_version(version)
     raise ValueError(f"unknown component {key!r}")
 
