@@ -153,7 +153,8 @@ def test_connectors_feed_metrics_before_tail_sampling() -> None:
 
 def test_native_exports_only_to_backends_that_run(tmp_path: Path) -> None:
     doc = yaml.safe_load(native_files(("prometheus",), tmp_path)["otel-collector/config.yaml"])
-    assert set(doc["exporters"]) == {"otlp_http/prometheus"}
+    # and the analyzer's copy of the logs (log templates): the analyzer always runs.
+    assert set(doc["exporters"]) == {"otlp_http/prometheus", "otlp_http/analyzer"}
     assert "traces/sampled" not in doc["service"]["pipelines"]
     full = yaml.safe_load(native_files(render.BACKENDS, tmp_path)["otel-collector/config.yaml"])
     assert {"otlp_grpc/tempo", "otlp_http/loki"} <= set(full["exporters"])
