@@ -369,12 +369,45 @@ def dashboards(stack: StackOpt = ROOT / "stack.yaml",
 
 
 @app.command()
-def bench(requests: Annotated[int, typer.Option(help="measured requests per mode")] = 2000,
-          warmup: Annotated[int, typer.Option(help="unmeasured requests per mode first")] = 200) -> None:
-    """Latency the telemetry adds per prediction request, p50 and p99 (telemetry on vs off)."""
+def bench(
+    parts: Annotated[str, typer.Option(help="comma-separated: overhead, throughput, freshness, startup, analyzer")]
+    = "overhead,throughput,freshness,startup,analyzer",
+    requests: Annotated[int, typer.Option(help="overhead: measured requests per mode")] = 2000,
+    warmup: Annotated[int, typer.Option(help="overhead: unmeasured requests per mode first")] = 200,
+    search_steps: Annotated[int, typer.Option(help="throughput: short steps of the search per signal")] = 4,
+    step_seconds: Annotated[float, typer.Option(help="throughput: seconds of each search step")] = 15,
+    confirm_seconds: Annotated[float, typer.Option(help="throughput: seconds of the confirmation")] = 60,
+    out: Annotated[Path, typer.Option(help="where results.json, results.md and the profiles go")] = ROOT / "bench",
+    signals: Annotated[str, typer.Option(help="throughput: comma-separated traces, logs")] = "traces,logs",
+    merge: Annotated[bool, typer.Option("--merge", help="keep the parts not run now from the existing results.json")]
+    = False,
+    deps_only: Annotated[bool, typer.Option("--deps-only", help="build telemetrygen (cached) and stop")] = False,
+) -> None:
+    """Benchmark the stack on its own native stack (ports + 12000): telemetry overhead per request (with a
+    profile), collector throughput, freshness, start-up and memory, the analyzer's cost. Writes
+    bench/results.json and bench/results.md."""
     from generator import bench as bench_mod
 
-    raise typer.Exit(bench_mod.run(requests=requests, warmup=warmup))
+    if deps_only:
+        try:
+            bench_mod.ensure_telemetrygen()
+        except Exception as e:  # the message names the step and its log
+            err.print(f"[red]{e}[/red]")
+            raise typer.Exit(1) from None
+        return
+    chosen = [p.strip() for p in parts.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(bench_mod.PARTS))
+    if unknown or not chosen:
+        err.print(f"--parts: {', '.join(unknown) or 'none given'}; allowed: {', '.join(bench_mod.PARTS)}")
+        raise typer.Exit(2)
+    if set(chosen) - {"analyzer"}:  # the bench stack's binaries (cached: a check when built)
+        _build_native(_load(ROOT / "stack.yaml"))
+    command = "mlobs bench" + ("" if len(chosen) == len(bench_mod.PARTS) else f" --parts {','.join(chosen)}") + (
+        "" if signals == "traces,logs" else f" --signals {signals}")
+    raise typer.Exit(bench_mod.run(requests=requests, warmup=warmup, parts=chosen, out_dir=out,
+                                   search_steps=search_steps, step_seconds=step_seconds,
+                                   confirm_seconds=confirm_seconds, command=command,
+                                   signals=[x.strip() for x in signals.split(",") if x.strip()], merge=merge))
 
 
 @app.command()
@@ -415,6 +448,48 @@ def pins(stack: StackOpt = ROOT / "stack.yaml") -> None:
     for name in config.COMPONENTS:
         c = s.components.get(name)  # every pin of the component registry
         console.print(f"{name:15} {c.version:10} {c.image}")
+
+
+def incidents_table(items: list[dict]) -> Table:
+    """The analyzer's incidents (GET /incidents) as a table, newest first."""
+    table = Table(title="incidents (newest first)")
+    for col in ("id", "status", "source", "service", "started", "alerts", "suspects"):
+        table.add_column(col, overflow="fold")
+    for i in items:
+        suspects = i.get("suspects") or [i.get("top_suspect") or {}]
+        shown = "\n".join(f"{f.get('kind')} {f.get('subject')} ({f.get('score', 0):.2f})" for f in suspects if f)
+        alerts = ", ".join(sorted({a.get("alertname", "") for a in i.get("alerts", [])})) or "-"
+        status_style = "red" if i.get("status") == "firing" else "green"
+        table.add_row(i.get("fingerprint", ""), f"[{status_style}]{i.get('status', '')}[/{status_style}]",
+                      i.get("source", "alert"), i.get("service") or "", str(i.get("starts_at", ""))[:19],
+                      alerts, shown)
+    return table
+
+
+@app.command(name="incidents")
+def incidents_cmd(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None,
+                  limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
+                  url: Annotated[str | None, typer.Option(help="the analyzer's URL (default: stack.yaml's)")] = None,
+                  as_json: Annotated[bool, typer.Option("--json", help="print the JSON instead")] = False) -> None:
+    """The analyzer's incidents: what broke, where, and the top suspects."""
+    if url is None:
+        s = _load(stack, overlay)
+        url = f"http://127.0.0.1:{s.ports.analyzer}"
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/incidents", params={"limit": limit}, timeout=10)
+        r.raise_for_status()
+    except httpx.HTTPError as e:
+        err.print(f"[red]the analyzer at {url} did not answer: {e}[/red]", highlight=False)
+        raise typer.Exit(1) from e
+    items = r.json()
+    if as_json:
+        console.print_json(json.dumps(items))
+        return
+    if not items:
+        console.print("No incidents.")
+        return
+    console.print(incidents_table(items))
+    console.print(f"Report of one: {url.rstrip('/')}/incidents/<id>/report.html", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

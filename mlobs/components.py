@@ -270,6 +270,13 @@ def sample_env(p: Place) -> dict[str, str]:
     }
 
 
+def _collector_env(p: Place) -> dict[str, str]:
+    """The destinations' secrets (mlobs/destinations.py): never a value in a rendered file."""
+    from mlobs import destinations
+
+    return destinations.collector_env(p)
+
+
 def _victorialogs_args(p: Place) -> list[str]:
     return [
         f"-httpListenAddr={p.listen('victorialogs')}",
@@ -296,6 +303,7 @@ REGISTRY: tuple[Component, ...] = (
         health=Health("collector_health", "/", "sidecar"),
         args=lambda p: [f"--config={p.config('otel-collector/config.yaml')}"],
         scrape="collector_metrics", pin="otel-collector", binaries=("otelcol-mlobs", "otelcol-contrib"), required=True,
+        env=lambda p: _collector_env(p),
         configs=(("otel-collector/config.yaml", "/etc/otelcol-contrib/config.yaml"),),
         # The sending queues persist here.
         data=Data("/var/lib/otelcol/file_storage", volume="otelcol-data"), user="10001:10001", mem_limit="512m",
@@ -463,6 +471,7 @@ def health_url(target: object, c: Component, stack: Stack) -> str:
 
 _LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
 _HEALTH_TIMING = {"interval": "5s", "timeout": "3s", "retries": 60}
+LOGGING, HEALTH_TIMING = _LOGGING, _HEALTH_TIMING  # the elk profile's services use them too
 
 
 def _healthcheck(c: Component, url: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -12,6 +12,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import core_schema
 
 from mlobs import components as registry
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value from stack.yaml, cut to ``limit`` characters; an integer too long for repr
+    (over 4300 digits: ValueError) is described by its size."""
+    try:
+        text = repr(value)
+    except ValueError:  # it is, or holds, such an integer
+        if isinstance(value, int):
+            return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+        return f"a {type(value).__name__} holding an integer of over 4300 digits"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Duration(str):
@@ -25,10 +37,18 @@ class Duration(str):
     _MS = {"y": 31_536_000_000, "w": 604_800_000, "d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
     PATTERN = "^(?!$)" + "".join(f"([0-9]+{unit})?" for unit in _MS) + "$"
     ALLOWED = "whole numbers with units in the order y, w, d, h, m, s, ms (e.g. 90s, 1h30m, 500ms)"
+    # The longest Go time.Duration (int64 nanoseconds): the collector, Alertmanager, Loki and Tempo parse them.
+    MAX_MS = (2**63 - 1) // 1_000_000
 
     def __new__(cls, text: object) -> Duration:
         if not isinstance(text, str) or not re.fullmatch(cls.PATTERN, text):
-            raise ValueError(f"{text!r} is not a duration: write {cls.ALLOWED}")
+            raise ValueError(f"{_short(text)} is not a duration: write {cls.ALLOWED}")
+        parts = re.findall(r"([0-9]+)(ms|[ywdhms])", text)
+        # (a number of 20 digits is already too long: no int() of thousands of digits, no float overflow)
+        numbers = [(n.lstrip("0") or "0", unit) for n, unit in parts]
+        if any(len(n) > 19 for n, _ in numbers) or sum(int(n) * cls._MS[u] for n, u in numbers) > cls.MAX_MS:
+            raise ValueError(f"{_short(text)} is too long: a duration is at most "
+                             f"2562047h (about 292 years, the longest Go duration)")
         return super().__new__(cls, text)
 
     @property
@@ -148,7 +168,7 @@ class Sampling(Strict):
 
     profile: Literal["default", "debug"] = "default"
     keep_errors: bool = True
-    slow_threshold_ms: int = Field(500, ge=1)
+    slow_threshold_ms: int = Field(500, ge=1, le=Duration.MAX_MS)  # in ns, an int64 of the collector's OTTL
     percentage: float = Field(100, ge=0, le=100, description="share of the other traces kept")
     decision_wait: Duration = "5s"
 
@@ -176,8 +196,9 @@ class Redaction(Strict):
         for p in v:
             try:
                 re.compile(p)
-            except re.error as e:
-                raise ValueError(f"{p!r} is not a regular expression: {e}") from e
+            except (re.error, OverflowError, RecursionError) as e:  # a{4294967296}: OverflowError; ((((...: recursion
+                shown = f"{p[:60]!r}{'...' if len(p) > 60 else ''}"
+                raise ValueError(f"{shown} is not a regular expression: {e}") from None
         return v
 
 
@@ -273,6 +294,29 @@ class ExtraExporter(Strict):
     signals: list[Signal] = Field(min_length=1)
     config: dict[str, Any] = {}
 
+    MAX_CONFIG_NODES: ClassVar[int] = 10_000
+
+    @field_validator("config")
+    @classmethod
+    def _plain_data(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # YAML aliases can make a cycle (&a [*a]) or a "billion laughs" that renders to gigabytes.
+        seen = 0
+
+        def walk(node: Any, path: tuple[int, ...]) -> None:
+            nonlocal seen
+            seen += 1
+            if seen > cls.MAX_CONFIG_NODES:
+                raise ValueError(f"has more than {cls.MAX_CONFIG_NODES} values (YAML aliases expanded): "
+                                 "an exporter config is a few keys")
+            if isinstance(node, dict | list):
+                if id(node) in path:
+                    raise ValueError("refers to itself (a YAML alias inside its own anchor): write plain values")
+                for child in node.values() if isinstance(node, dict) else node:
+                    walk(child, (*path, id(node)))
+
+        walk(v, ())
+        return v
+
 
 class AnalyzerSettings(Strict):
     recent_window: Duration = Field("5m", description="The window whose movement the RCA scores")
@@ -360,6 +404,178 @@ class KubernetesSettings(Strict):
     kafka: Kafka = Kafka()
 
 
+# ---- destinations: vendors and stores outside the stack (the exporters: mlobs/destinations.py) ----
+
+EnvVar = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$",
+                              description="Name of a variable of .env (or of the environment) that holds the secret")]
+
+
+def _http_url(v: str | None) -> str | None:
+    if v is None:
+        return v
+    try:
+        parts = urlsplit(v)
+        _ = parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+        raise ValueError(f"{v!r} is not a URL: write an http:// or https:// URL with a host, e.g. https://host:9200")
+    return v
+
+
+class DestinationAuth(Strict):
+    """Basic auth (user and the .env variable of its password) or an API key's .env variable."""
+
+    user: str | None = None
+    password_env: EnvVar | None = None
+    api_key_env: EnvVar | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> DestinationAuth:
+        basic = self.user is not None or self.password_env is not None
+        if basic and (self.user is None or self.password_env is None):
+            raise ValueError("basic auth needs both user and password_env")
+        if basic and self.api_key_env:
+            raise ValueError("give either user + password_env or api_key_env, not both")
+        return self
+
+
+class DatadogDestination(Strict):
+    site: Literal["datadoghq.com", "us3.datadoghq.com", "us5.datadoghq.com", "datadoghq.eu",
+                  "ap1.datadoghq.com", "ap2.datadoghq.com", "ddog-gov.com"] = "datadoghq.com"
+    api_key_env: EnvVar = "DD_API_KEY"
+    signals: list[Signal] = Field(["traces", "metrics", "logs"], min_length=1)
+
+
+class NewRelicDestination(Strict):
+    region: Literal["us", "eu", "fedramp"] = Field("us", description="us: otlp.nr-data.net, eu: "
+                                                   "otlp.eu01.nr-data.net, fedramp: gov-otlp.nr-data.net")
+    endpoint: str | None = Field(None, description="another OTLP/HTTP endpoint of New Relic (overrides region)")
+    license_key_env: EnvVar = Field("NEW_RELIC_LICENSE_KEY", description="sent as the api-key header")
+    signals: list[Signal] = Field(["traces", "metrics", "logs"], min_length=1)
+
+    _url = field_validator("endpoint")(classmethod(lambda cls, v: _http_url(v)))
+
+
+class SplunkHecDestination(Strict):
+    endpoint: str = Field(description="the HTTP Event Collector, e.g. https://splunk.example.com:8088/services/collector")
+    token_env: EnvVar = "SPLUNK_HEC_TOKEN"
+    index: str | None = Field(None, description="Splunk index (the token's default index when absent)")
+    source: str | None = None
+    sourcetype: str | None = None
+    signals: list[Signal] = Field(["logs", "traces"], min_length=1)
+
+    _url = field_validator("endpoint")(classmethod(lambda cls, v: _http_url(v)))
+
+
+class SplunkObservabilityDestination(Strict):
+    """Splunk Observability Cloud over OTLP/HTTP (traces and metrics; its logs go through HEC)."""
+
+    realm: str = Field(pattern=r"^[a-z]{2,3}[0-9]+$", description="e.g. us0, us1, eu0, jp0, au0")
+    token_env: EnvVar = Field("SPLUNK_ACCESS_TOKEN", description="an ingest token, sent as X-SF-Token")
+    signals: list[Literal["traces", "metrics"]] = Field(["traces", "metrics"], min_length=1)
+
+
+class SplunkDestination(Strict):
+    hec: SplunkHecDestination | None = None
+    observability: SplunkObservabilityDestination | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> SplunkDestination:
+        if self.hec is None and self.observability is None:
+            raise ValueError("give hec, observability or both")
+        return self
+
+
+class ElasticsearchIndices(Strict):
+    """Index, alias or data stream name per signal; absent: the exporter's own data stream routing."""
+
+    logs: str | None = None
+    traces: str | None = None
+    metrics: str | None = None
+
+
+class ElasticsearchDestination(Strict):
+    endpoint: str = Field(description="e.g. https://elasticsearch.example.com:9200")
+    indices: ElasticsearchIndices = ElasticsearchIndices()
+    auth: DestinationAuth = DestinationAuth()
+    signals: list[Signal] = Field(["logs"], min_length=1)
+
+    _url = field_validator("endpoint")(classmethod(lambda cls, v: _http_url(v)))
+
+
+class OpenSearchDestination(Strict):
+    endpoint: str = Field(description="e.g. https://opensearch.example.com:9200; http://opensearch:9200 is the "
+                          "elk compose profile's")
+    logs_index: str | None = Field(None, description="index, alias or data stream of the logs; absent: "
+                                   "ss4o_logs-<dataset>-<namespace>")
+    dataset: str = "mlobs"
+    namespace: str = "default"
+    auth: DestinationAuth = DestinationAuth()
+    signals: list[Literal["traces", "logs"]] = Field(["logs"], min_length=1)
+
+    _url = field_validator("endpoint")(classmethod(lambda cls, v: _http_url(v)))
+
+    @field_validator("auth")
+    @classmethod
+    def _basic_only(cls, v: DestinationAuth) -> DestinationAuth:
+        if v.api_key_env:
+            raise ValueError("OpenSearch takes basic auth (user + password_env), not api_key_env")
+        return v
+
+
+class OtlpDestination(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="names the exporter otlp_grpc/<name> or "
+                      "otlp_http/<name>")
+    endpoint: str = Field(description="grpc: https://host:4317; http: the base URL (/v1/traces etc. are added)")
+    protocol: Literal["grpc", "http"] = "grpc"
+    headers: dict[str, str] = Field({}, description="header -> plain value (not secret)")
+    secret_headers: dict[str, EnvVar] = Field({}, description="header -> .env variable holding its value")
+    insecure: bool = Field(False, description="plain text to an http:// endpoint (a local test double, say)")
+    signals: list[Signal] = Field(["traces", "metrics", "logs"], min_length=1)
+
+    _url = field_validator("endpoint")(classmethod(lambda cls, v: _http_url(v)))
+
+    @field_validator("name")
+    @classmethod
+    def _free(cls, v: str) -> str:
+        taken = ("tempo", "jaeger", "prometheus", "loki", "victorialogs", "newrelic", "splunk_observability")
+        if v in taken:
+            raise ValueError(f"{v!r} is a name the stack's own exporters use; take another than {', '.join(taken)}")
+        return v
+
+    @model_validator(mode="after")
+    def _headers(self) -> OtlpDestination:
+        both = set(self.headers) & set(self.secret_headers)
+        if both:
+            raise ValueError(f"headers {sorted(both)} are given twice (headers and secret_headers)")
+        if self.endpoint.startswith("http://") and not self.insecure:
+            raise ValueError(f"{self.endpoint!r} is plain http: use https, or set insecure: true for a local endpoint")
+        return self
+
+
+class Destinations(Strict):
+    """Copies of the telemetry for a vendor or a store outside the stack: each preset renders its
+    collector exporter (mlobs/destinations.py), after span metrics, tail sampling and redaction.
+    Secrets are never written: each is named by its .env variable and read as ${env:VAR}."""
+
+    datadog: DatadogDestination | None = None
+    newrelic: NewRelicDestination | None = None
+    splunk: SplunkDestination | None = None
+    elasticsearch: ElasticsearchDestination | None = None
+    opensearch: OpenSearchDestination | None = None
+    otlp: list[OtlpDestination] = []
+
+    @field_validator("otlp")
+    @classmethod
+    def _names(cls, v: list[OtlpDestination]) -> list[OtlpDestination]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"names {dup} are used more than once")
+        return v
+
+
 class Stack(Strict):
     components: Components  # type: ignore[valid-type]
     backends: Backends = Backends()
@@ -374,6 +590,7 @@ class Stack(Strict):
     analyzer: AnalyzerSettings = AnalyzerSettings()
     genai: GenAI = GenAI()
     kubernetes: KubernetesSettings | None = None
+    destinations: Destinations = Destinations()
 
     @model_validator(mode="after")
     def _unique(self) -> Stack:
@@ -400,8 +617,18 @@ class StackError(Exception):
     """stack.yaml is missing, unreadable or invalid; the message says where and what is allowed."""
 
 
+def dotted(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A path for a message: ``ports.grafana``; a key that is empty or holds a space or a control
+    character (a line break would split the message) is quoted: ``services.0.env.'\\r'``."""
+    def part(p: Any) -> str:
+        plain = isinstance(p, int) or (isinstance(p, str) and p.isprintable() and p and not any(c.isspace() for c in p))
+        return str(p) if plain else repr(p)
+
+    return ".".join(part(p) for p in loc) or "(top level)"
+
+
 def _describe(err: dict[str, Any], source: str) -> str:
-    path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    path = dotted(err["loc"])
     kind = err["type"]
     given = err.get("input")
     msg = err["msg"]
@@ -409,16 +636,16 @@ def _describe(err: dict[str, Any], source: str) -> str:
         return f"{source}: {path}: unknown key (check the spelling; see stack.schema.json for the keys)"
     if kind == "literal_error":
         allowed = err.get("ctx", {}).get("expected", "")
-        return f"{source}: {path}: {given!r} is not allowed; allowed values: {allowed}"
+        return f"{source}: {path}: {_short(given)} is not allowed; allowed values: {allowed}"
     if kind == "missing":
         return f"{source}: {path}: required but missing"
     if kind == "string_pattern_mismatch":
-        return f"{source}: {path}: {given!r} does not match {err['ctx']['pattern']}"
+        return f"{source}: {path}: {_short(given)} does not match {err['ctx']['pattern']}"
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
-    if isinstance(given, dict | list) or repr(given) in msg:
+    if isinstance(given, dict | list) or _short(given, 40).removesuffix("...") in msg:
         return f"{source}: {path}: {msg}"
-    return f"{source}: {path}: {msg} (got {given!r})"
+    return f"{source}: {path}: {msg} (got {_short(given)})"
 
 
 def parse(data: Any, source: str = "stack.yaml") -> Stack:
@@ -444,10 +671,16 @@ def _read(path: Path) -> Any:
         text = path.read_text()
     except OSError as e:
         raise StackError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise StackError(f"{path}: not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise StackError(f"{path}: not valid YAML: {e}") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise StackError(f"{path}: not valid YAML for a stack: {str(e).split(';')[0]}") from None
+    except RecursionError:
+        raise StackError(f"{path}: not valid YAML for a stack: nested too deeply") from None
 
 
 def _merge(base: Any, over: Any) -> Any:

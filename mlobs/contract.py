@@ -80,6 +80,10 @@ SPANMETRICS_DURATION_SECONDS = prometheus_name(f"{SPANMETRICS_NAMESPACE}.duratio
 SPAN_STATUS_ERROR = "STATUS_CODE_ERROR"
 #: The span kinds of the operations a service serves (requests in, messages consumed).
 SERVED_SPAN_KINDS: tuple[str, ...] = ("SPAN_KIND_SERVER", "SPAN_KIND_CONSUMER")
+#: The OpenTelemetry ASGI instrumentation (FastAPI, Starlette zero-code) makes an INTERNAL span
+#: per message of a request, named "<operation> http receive" / "<operation> http send"; the send
+#: span takes the response's error status. They are the operation itself, not work under it.
+ASGI_MESSAGE_SPAN_SUFFIXES: tuple[str, ...] = (" http receive", " http send")
 #: The collector's count connector (log.records): log records per job and severity_text.
 LOG_RECORDS_TOTAL = prometheus_name("log.records", counter=True)
 LOG_SEVERITY = "severity_text"
@@ -102,6 +106,19 @@ PROCESS_CPU_TIME = "process.cpu.time"
 PROCESS_MEMORY_USAGE = "process.memory.usage"
 PROCESS_CPU_TIME_SECONDS_TOTAL = prometheus_name(PROCESS_CPU_TIME, "s", counter=True)
 PROCESS_MEMORY_USAGE_BYTES = prometheus_name(PROCESS_MEMORY_USAGE, "By")
+#: Also emitted by opentelemetry-instrumentation-system-metrics 0.66b2 when configured (the sample
+#: service's mlobs.telemetry configuration does): threads of the process, and CPython's collections
+#: per generation (attribute cpython.gc.generation).
+PROCESS_THREAD_COUNT = "process.thread.count"
+CPYTHON_GC_COLLECTIONS = "cpython.gc.collections"
+PROCESS_THREAD_COUNT_SERIES = prometheus_name(PROCESS_THREAD_COUNT)
+CPYTHON_GC_COLLECTIONS_TOTAL = prometheus_name(CPYTHON_GC_COLLECTIONS, "{collection}", counter=True)
+
+#: Events the analyzer looks for near a change point (generator/TELEMETRY.md).
+MODEL_DEPLOYMENTS_TOTAL = "ml_model_deployments_total"
+TRAINING_RUNS_TOTAL = "ml_training_runs_total"
+#: The ground truth of an injected fault: for the tests and `make eval-rca` only, never the analyzer.
+FAULT_ACTIVE = "ml_fault_active"
 
 # ---- GenAI semantic conventions (LLM services)
 #

@@ -17,7 +17,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from mlobs import components as registry
-from mlobs import contract, sampling
+from mlobs import contract, destinations, sampling
 from mlobs.config import Stack, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +147,10 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
     sampling; only backends that run get an exporter, so nothing queues for an absent one."""
     stack = target.stack
     extras = {s: [e.name for e in stack.extra_exporters if s in e.signals] for s in ("traces", "metrics", "logs")}
+    # Destinations (mlobs/destinations.py) go where the stores go: after redaction and sampling.
+    dest = destinations.by_signal(stack)
+    for s in ("traces", "logs"):
+        extras[s] = extras[s] + dest[s]
     pipelines: dict[str, dict[str, list[str]]] = {}
     graph = [c for c in ("span_metrics", "servicegraph") if c not in target.missing_components]
     trace_store, log_store = target.store("traces"), target.store("logs")
@@ -173,6 +177,9 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
             "exporters": sampled,
         }
     metric_exporters = (["otlp_http/prometheus"] if target.has("prometheus") else []) + extras["metrics"]
+    # The metrics pipeline has no redaction: the destinations' copy passes it on a branch of its own.
+    if dest["metrics"]:
+        metric_exporters.append(destinations.METRICS_FORWARD)
     if not metric_exporters:
         raise ValueError("the collector needs Prometheus (or an extra metrics exporter) to send metrics to")
     pipelines["metrics"] = {
@@ -180,11 +187,19 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
         "processors": ["memory_limiter", "resource", "batch"],
         "exporters": metric_exporters,
     }
+    if dest["metrics"]:
+        pipelines["metrics/destinations"] = {
+            "receivers": [destinations.METRICS_FORWARD],
+            "processors": ["redaction"],
+            "exporters": dest["metrics"],
+        }
     pipelines["logs"] = {
         "receivers": ["otlp"],
         "processors": ["memory_limiter", "resource", "redaction",
                        *(["transform/log_links"] if links else []), "batch"],
-        "exporters": ([f"otlp_http/{log_store}"] if log_store else []) + extras["logs"] + ["forward/logcount"],
+        # otlp_http/analyzer: a copy for the analyzer's log templates (analyzer/logtemplates.py).
+        "exporters": ([f"otlp_http/{log_store}"] if log_store else []) + extras["logs"]
+        + ["forward/logcount", "otlp_http/analyzer"],
     }
     pipelines["logs/count"] = {
         "receivers": ["forward/logcount"],
@@ -269,6 +284,9 @@ def context(target: Target) -> dict[str, Any]:
         "analyzer_env": analyzer_env(target.stack),
         "scrape_jobs": registry.scrape_jobs(target),
         "keep": keep_rule(target.stack),
+        "destinations": destinations.exporters(target.stack),
+        "destination_extensions": destinations.extensions(target.stack),
+        "elk": destinations.elk_enabled(target.stack),
         # the datasource uids the links between the signals point at: the stores that run
         "traces_uid": target.store("traces") or target.stack.backends.traces,
         "logs_uid": target.store("logs") or target.stack.backends.logs,
@@ -331,8 +349,11 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def compose_file(target: Target) -> str:
-    body = yaml.dump(registry.compose_services(target), Dumper=_NoAliases, sort_keys=False,
-                     default_flow_style=False, width=1000)
+    doc = registry.compose_services(target)
+    # The elk profile (mlobs/destinations.py): started only by `make up PROFILE=elk`.
+    doc["services"].update(destinations.elk_services(registry.LOGGING, registry.HEALTH_TIMING))
+    doc["volumes"]["opensearch-data"] = {}
+    body = yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=1000)
     return (header_line("the component registry (mlobs/components.py)")
             + "# Every published port is bound to 127.0.0.1; secrets come from the gitignored .env that\n"
             + "# the first `make up` generates.\n" + body)
