@@ -1,7 +1,7 @@
 """Security defaults, proven on the rendered files: every port binds 127.0.0.1 in both rendered
 targets (compose `ports:`, native flags and configs), Prometheus' lifecycle API and Alertmanager's
 API listen on loopback only, the admin token is compared in constant time, and .env is 0600 from
-the moment it holds a secret. (tests/e2e/test_security.py checks the running stack's sockets and logs.)"""
+the moment it holds a secret. (tests/e2e/test_security_live.py checks the running stack's sockets and logs.)"""
 
 from __future__ import annotations
 

@@ -34,3 +34,13 @@ def test_workflow_starts_the_docker_stack_runs_the_suite_and_cleans_up() -> None
     assert "make e2e" in runs
     cleanup = next(s for s in steps if s.get("run") == "make clean RUNTIME=docker")
     assert cleanup.get("if") == "always()"
+
+
+def test_test_file_names_are_unique() -> None:
+    """pytest imports test files by their basename (no packages under tests/): two files of one name in
+    two folders stop the whole collection."""
+    root = Path(__file__).resolve().parents[1]
+    names: dict[str, list[str]] = {}
+    for f in root.rglob("test_*.py"):
+        names.setdefault(f.name, []).append(str(f.relative_to(root)))
+    assert not {n: p for n, p in names.items() if len(p) > 1}
