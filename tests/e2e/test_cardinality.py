@@ -22,7 +22,7 @@ import httpx
 import pytest
 from harness import StackUnderTest, require
 
-from generator.model import FEATURE_NAMES, load_dataset
+from generator.model import CLASS_NAMES, FEATURE_NAMES, load_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -39,9 +39,12 @@ def _rows() -> list[dict[str, float]]:
     return [{n: float(v) for n, v in zip(FEATURE_NAMES, row, strict=True)} for row in data.features]
 
 
-def _bodies(prefix: str, n: int) -> list[tuple[str, dict]]:
-    """(request id, body): every id distinct; full features, so an unknown patient id needs no lookup hit."""
+def _bodies(prefix: str, n: int) -> list[tuple[str, dict, str]]:
+    """(request id, body, the true class of its first row): every id distinct; full features, so an
+    unknown patient id needs no lookup hit. The feedback sends the true class: a wrong one would
+    drag the served version's quality down for the suites that run after this one."""
     rows = _rows()
+    truth = load_dataset().target
     out = []
     for i in range(n):
         rid = f"{prefix}-req-{i:05d}"
@@ -51,24 +54,24 @@ def _bodies(prefix: str, n: int) -> list[tuple[str, dict]]:
                 {"patient_id": f"{prefix}-pat-{i:05d}b", "features": rows[(i + 1) % len(rows)]}]}
         else:
             body = {"patient_id": f"{prefix}-pat-{i:05d}", "features": rows[i % len(rows)]}
-        out.append((rid, body))
+        out.append((rid, body, CLASS_NAMES[int(truth[i % len(rows)])]))
     return out
 
 
-async def _send(base: str, bodies: list[tuple[str, dict]]) -> dict[int, int]:
+async def _send(base: str, bodies: list[tuple[str, dict, str]]) -> dict[int, int]:
     codes: dict[int, int] = {}
-    queue: asyncio.Queue[tuple[int, str, dict]] = asyncio.Queue()
-    for i, (rid, body) in enumerate(bodies):
-        queue.put_nowait((i, rid, body))
+    queue: asyncio.Queue[tuple[int, str, dict, str]] = asyncio.Queue()
+    for i, (rid, body, label) in enumerate(bodies):
+        queue.put_nowait((i, rid, body, label))
 
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
-            i, rid, body = queue.get_nowait()
+            i, rid, body, label = queue.get_nowait()
             try:
                 r = await client.post("/predict", json=body, headers={"X-Request-ID": rid})
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
                 if r.status_code == 200 and i % FEEDBACK_EVERY == 0:
-                    await client.post("/feedback", json={"request_id": rid, "index": 0, "label": "benign"})
+                    await client.post("/feedback", json={"request_id": rid, "index": 0, "label": label})
             except httpx.HTTPError:
                 codes[-1] = codes.get(-1, 0) + 1
 
@@ -122,8 +125,8 @@ def test_ten_thousand_ids_do_not_become_series(sut: StackUnderTest) -> None:
           f"(+{after[0] - before[0]}); live series (count({{__name__=~\".+\"}})) before {before[1]}, "
           f"after {after[1]} (+{after[1] - before[1]}); bound +{MAX_NEW_SERIES}")
 
-    ids = {rid for rid, _ in bodies}
-    for _, body in bodies:
+    ids = {rid for rid, _, _ in bodies}
+    for _, body, _ in bodies:
         ids.update(i["patient_id"] for i in body.get("instances", [body]))
         if "batch_id" in body:
             ids.add(body["batch_id"])
