@@ -218,6 +218,17 @@ def require(sut: StackUnderTest, needs: tuple[str, ...]) -> None:
             pytest.skip(f"{need} is not running: {reason}")
 
 
+def require_fast_profile(sut: StackUnderTest) -> None:
+    """Alert cases fire and resolve within a test only on the fast profile of tests/stack.test.yaml."""
+    from mlobs.config import seconds
+
+    if seconds(sut.stack.alerts.rate_window) > 60 or seconds(sut.stack.alerts.for_) > 30:
+        reason = (f"the alert cases need the fast profile of tests/stack.test.yaml; this stack has "
+                  f"rate_window={sut.stack.alerts.rate_window}, for={sut.stack.alerts.for_}")
+        print(f"SKIP reason: {reason}")
+        pytest.skip(reason)
+
+
 class Traffic:
     """Steady background requests (with feedback) while a case switches faults."""
 

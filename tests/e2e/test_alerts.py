@@ -10,9 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import StackUnderTest, Traffic, require
-
-from mlobs.config import seconds
+from harness import StackUnderTest, Traffic, require, require_fast_profile
 
 pytestmark = pytest.mark.e2e
 
@@ -79,11 +77,7 @@ def traffic(sut: StackUnderTest):
     """Steady traffic for the whole module, after a clean warm-up that gives the analyzer a
     baseline to compare with (tests/stack.test.yaml: analyzer windows of 90s and 10m)."""
     require(sut, ("prometheus", "alertmanager"))
-    if seconds(sut.stack.alerts.rate_window) > 60 or seconds(sut.stack.alerts.for_) > 30:
-        reason = (f"the alert cases need the fast profile of tests/stack.test.yaml; this stack has "
-                  f"rate_window={sut.stack.alerts.rate_window}, for={sut.stack.alerts.for_}")
-        print(f"SKIP reason: {reason}")
-        pytest.skip(reason)
+    require_fast_profile(sut)
     with Traffic(sut, seed=7, pause=0.02) as t:
         time.sleep(WARM_UP_SECONDS)
         yield t

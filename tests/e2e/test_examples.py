@@ -30,10 +30,9 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import ServiceProcess, StackUnderTest, exemplars, free_port, require
+from harness import ServiceProcess, StackUnderTest, exemplars, free_port, require, require_fast_profile
 
 from mlobs import render, sampling, stores
-from mlobs.config import seconds
 from mlobs.contract import ATTR_BATCH_ID, prometheus_label
 
 pytestmark = pytest.mark.e2e
@@ -351,11 +350,7 @@ def incident_of(sut: StackUnderTest, case: FaultCase, status: str) -> dict[str, 
 @pytest.fixture(scope="module")
 def warmed(sut: StackUnderTest, fastapi_model: FastapiModel) -> FastapiModel:
     require(sut, ("prometheus", "alertmanager"))
-    if seconds(sut.stack.alerts.rate_window) > 60 or seconds(sut.stack.alerts.for_) > 30:
-        reason = (f"the alert cases need the fast profile of tests/stack.test.yaml; this stack has "
-                  f"rate_window={sut.stack.alerts.rate_window}, for={sut.stack.alerts.for_}")
-        print(f"SKIP reason: {reason}")
-        pytest.skip(reason)
+    require_fast_profile(sut)
     left = WARM_UP_SECONDS - (time.monotonic() - fastapi_model.started)
     if left > 0:
         time.sleep(left)
