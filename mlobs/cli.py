@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlobs import addservice, config, envfile, render
+from mlobs import addservice, config, envfile, exposure, render
 from mlobs.runtime import docker, native
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -152,6 +152,14 @@ def up(stack: StackOpt = ROOT / "stack.yaml", overlay: OverlayOpt = None, runtim
     if added:
         console.print(f"Generated {', '.join(added)} into .env (gitignored).")
     rt = _runtime(runtime)
+    if exposure.enabled(s):
+        certs, made = exposure.ensure(s, ROOT / ".stack" / "tls")
+        if made:
+            console.print(f"Made the TLS certificates of the exposed OTLP receivers: {', '.join(made)}. "
+                          f"Clients trust {certs.ca} and send the bearer token {exposure.TOKEN_VAR} of .env.")
+        if rt == "docker":
+            err.print(f"otlp.expose under docker compose: the collector container runs as uid 10001 and must read "
+                      f"{certs.key} (mode 0600, yours): `sudo chown 10001 {certs.key}` once.")
     if rt == "docker":
         render.write(render.render(render.compose_target(s)), ROOT)
         code = docker.up()

@@ -42,6 +42,9 @@ class Port:
     default: int
     publish: bool = True  # compose publishes it on 127.0.0.1:<ports.key>
     native_only: bool = False  # a port that only exists to keep native components apart
+    #: bound to loopback in a container and a pod too; never published, in no Kubernetes Service
+    loopback_only: bool = False
+    in_cluster: bool = True  # a port of the component's Kubernetes Service
 
 
 @dataclass(frozen=True)
@@ -271,10 +274,11 @@ def sample_env(p: Place) -> dict[str, str]:
 
 
 def _collector_env(p: Place) -> dict[str, str]:
-    """The destinations' secrets (mlobs/destinations.py): never a value in a rendered file."""
-    from mlobs import destinations
+    """The destinations' secrets (mlobs/destinations.py) and the exposed receivers' token
+    (mlobs/exposure.py): never a value in a rendered file."""
+    from mlobs import destinations, exposure
 
-    return destinations.collector_env(p)
+    return {**destinations.collector_env(p), **exposure.collector_env(p)}
 
 
 def _victorialogs_args(p: Place) -> list[str]:
@@ -299,7 +303,12 @@ REGISTRY: tuple[Component, ...] = (
     Component(
         "otel-collector", "receives every signal over OTLP, derives span metrics, samples, routes",
         ports=(Port("otlp_grpc", 4317, 4317), Port("otlp_http", 4318, 4318),
-               Port("collector_health", 13133, 13133), Port("collector_metrics", 8888, 8888)),
+               Port("collector_health", 13133, 13133), Port("collector_metrics", 8888, 8888),
+               # otlp.expose (mlobs/exposure.py): TLS and a bearer token, published on otlp.expose.address
+               Port("otlp_grpc_tls", 4319, 4319, publish=False, in_cluster=False),
+               Port("otlp_http_tls", 4320, 4320, publish=False, in_cluster=False),
+               # the pprof extension: Go profiles for `mlobs bench`, on loopback wherever it runs
+               Port("collector_pprof", 1777, 1777, publish=False, loopback_only=True, in_cluster=False)),
         health=Health("collector_health", "/", "sidecar"),
         args=lambda p: [f"--config={p.config('otel-collector/config.yaml')}"],
         scrape="collector_metrics", pin="otel-collector", binaries=("otelcol-mlobs", "otelcol-contrib"), required=True,
@@ -482,6 +491,8 @@ def _healthcheck(c: Component, url: str) -> list[str]:
 
 def compose_services(target: object) -> dict:
     """The compose file's content: services, probes and volumes, all from the registry."""
+    from mlobs import exposure  # it reads the config model, which imports this module
+
     stack: Stack = target.stack  # type: ignore[attr-defined]
     place = Place(target)
     active = selected(stack)
@@ -529,6 +540,9 @@ def compose_services(target: object) -> dict:
         published = [p for p in c.ports if p.publish]
         if published:
             svc["ports"] = [f"127.0.0.1:{target.host_port(p.key)}:{p.container}" for p in published]  # type: ignore[attr-defined]
+        if c.name == "otel-collector" and exposure.enabled(stack):
+            svc["ports"] = svc.get("ports", []) + exposure.compose_ports(stack)
+            mounts.append(f"../.stack/tls:{exposure.CONTAINER_DIR}:ro")
         if c.user:
             svc["user"] = c.user
         if c.health.probe != "sidecar":

@@ -187,19 +187,71 @@ class Sampling(Strict):
         return 100.0 if self.profile == "debug" else float(self.percentage)
 
 
+#: Constructs Python's ``re`` accepts and the collector's RE2 refuses: lookaround and backreferences.
+_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=")
+
+
+def _check_regex(p: str) -> None:
+    shown = f"{p[:60]!r}{'...' if len(p) > 60 else ''}"
+    try:
+        re.compile(p)
+    except (re.error, OverflowError, RecursionError) as e:  # a{4294967296}: OverflowError; ((((...: recursion
+        raise ValueError(f"{shown} is not a regular expression: {e}") from None
+    if _NOT_RE2.search(p):
+        raise ValueError(f"{shown}: the collector's regular expressions (RE2) have no lookaround and no "
+                         "backreferences")
+
+
 class Redaction(Strict):
     blocked_key_patterns: list[str] = []
+    #: name -> RE2 pattern of a value that looks like PII; masked wherever it appears: attribute values
+    #: of any key on every signal, log bodies, span events and span status messages.
+    blocked_value_patterns: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], str] = {}
 
     @field_validator("blocked_key_patterns")
     @classmethod
     def _regex(cls, v: list[str]) -> list[str]:
         for p in v:
-            try:
-                re.compile(p)
-            except (re.error, OverflowError, RecursionError) as e:  # a{4294967296}: OverflowError; ((((...: recursion
-                shown = f"{p[:60]!r}{'...' if len(p) > 60 else ''}"
-                raise ValueError(f"{shown} is not a regular expression: {e}") from None
+            _check_regex(p)
         return v
+
+    @field_validator("blocked_value_patterns")
+    @classmethod
+    def _value_regex(cls, v: dict[str, str]) -> dict[str, str]:
+        for p in v.values():
+            _check_regex(p)
+            if re.fullmatch(p, ""):
+                raise ValueError(f"{p[:60]!r} matches the empty string: it would mask every value")
+        return v
+
+
+class OtlpExposure(Strict):
+    """The collector's second OTLP receiver, for other hosts: TLS (a local CA and server
+    certificate made by ``mlobs``) and a bearer token (``MLOBS_OTLP_TOKEN`` in .env) on every call.
+    The loopback receiver stays as it is, for the services on this host."""
+
+    enabled: bool = False
+    address: str = Field("0.0.0.0", description="interface the TLS receivers bind (ports otlp_grpc_tls, otlp_http_tls)")
+    cert_hostnames: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")]] = Field(
+        [], description="DNS names of this host that clients dial, added to the server certificate")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        import ipaddress
+
+        try:
+            ip = ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"{_short(v)} is not an IP address (e.g. 0.0.0.0, or this host's address)") from None
+        if ip.is_loopback:
+            raise ValueError(f"{v} is loopback: the plain receivers already listen there; expose an interface "
+                             "other hosts reach (e.g. 0.0.0.0)")
+        return v
+
+
+class Otlp(Strict):
+    expose: OtlpExposure = OtlpExposure()
 
 
 class Anomaly(Strict):
@@ -583,6 +635,7 @@ class Stack(Strict):
     retention: Retention = Retention()
     sampling: Sampling = Sampling()
     redaction: Redaction = Redaction()
+    otlp: Otlp = Otlp()
     alerts: Alerts = Alerts()
     services: list[Service] = Field(min_length=1)
     extra_exporters: list[ExtraExporter] = []

@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-SECRETS = ("GRAFANA_ADMIN_PASSWORD", "MLOBS_ADMIN_TOKEN")
+SECRETS = ("GRAFANA_ADMIN_PASSWORD", "MLOBS_ADMIN_TOKEN", "MLOBS_OTLP_TOKEN")
 
 
 def read(path: Path) -> dict[str, str]:

@@ -458,7 +458,7 @@ def _env(t: Tier, c: registry.Component, place: registry.Place, stack: config.St
 
 
 def _ports(c: registry.Component) -> list[tuple[str, int]]:
-    ports = [(port_name(c, p.key), p.container) for p in c.ports]
+    ports = [(port_name(c, p.key), p.container) for p in c.ports if p.in_cluster]
     if c.name in ("loki", "tempo"):
         ports.append(("gossip", GOSSIP_PORT))
     if c.name == "alertmanager":

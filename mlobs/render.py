@@ -17,7 +17,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from mlobs import components as registry
-from mlobs import contract, destinations, sampling
+from mlobs import contract, destinations, exposure, sampling
 from mlobs.config import Stack, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,8 @@ class Target:
         """Address a component binds: every interface inside a container, loopback natively."""
         _, container_port, host_port = self._port(key)
         if self.name in ("compose", "kubernetes"):
-            return f"0.0.0.0:{container_port}"
+            loopback = registry.owner_of(key).port(key).loopback_only
+            return f"{'127.0.0.1' if loopback else '0.0.0.0'}:{container_port}"
         return f"127.0.0.1:{host_port}"
 
     def host(self, key: str) -> str:
@@ -152,6 +153,9 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
     for s in ("traces", "logs"):
         extras[s] = extras[s] + dest[s]
     pipelines: dict[str, dict[str, list[str]]] = {}
+    otlp = ["otlp", exposure.RECEIVER] if exposure.receiver(target) else ["otlp"]
+    # Masked by key (redaction) and by value (transform/pii) on every signal, before anything is derived.
+    redact = ["redaction", *([PII_PROCESSOR] if pii_statements(stack) else [])]
     graph = [c for c in ("span_metrics", "servicegraph") if c not in target.missing_components]
     trace_store, log_store = target.store("traces"), target.store("logs")
     sampled = ([f"otlp_grpc/{trace_store}"] if trace_store else []) + extras["traces"]
@@ -160,8 +164,8 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
     links = keep_rule(stack)["share_hex"] is not None
     span_metrics = (["forward/spanmetrics"] if links else []) + [c for c in graph if c != "span_metrics"]
     pipelines["traces"] = {
-        "receivers": ["otlp"],
-        "processors": ["memory_limiter", "resource", "redaction"],
+        "receivers": otlp,
+        "processors": ["memory_limiter", "resource", *redact],
         "exporters": (span_metrics if links else graph) + (["forward/sampling"] if sampled else []),
     }
     if links:
@@ -177,14 +181,13 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
             "exporters": sampled,
         }
     metric_exporters = (["otlp_http/prometheus"] if target.has("prometheus") else []) + extras["metrics"]
-    # The metrics pipeline has no redaction: the destinations' copy passes it on a branch of its own.
     if dest["metrics"]:
         metric_exporters.append(destinations.METRICS_FORWARD)
     if not metric_exporters:
         raise ValueError("the collector needs Prometheus (or an extra metrics exporter) to send metrics to")
     pipelines["metrics"] = {
-        "receivers": ["otlp", *graph, "count"],
-        "processors": ["memory_limiter", "resource", "batch"],
+        "receivers": [*otlp, *graph, "count"],
+        "processors": ["memory_limiter", "resource", *redact, "batch"],
         "exporters": metric_exporters,
     }
     if dest["metrics"]:
@@ -194,8 +197,8 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
             "exporters": dest["metrics"],
         }
     pipelines["logs"] = {
-        "receivers": ["otlp"],
-        "processors": ["memory_limiter", "resource", "redaction",
+        "receivers": otlp,
+        "processors": ["memory_limiter", "resource", *redact,
                        *(["transform/log_links"] if links else []), "batch"],
         # otlp_http/analyzer: a copy for the analyzer's log templates (analyzer/logtemplates.py).
         "exporters": ([f"otlp_http/{log_store}"] if log_store else []) + extras["logs"]
@@ -207,6 +210,49 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
         "exporters": ["count"],
     }
     return pipelines
+
+
+PII_PROCESSOR = "transform/pii"
+PII_MASK = "****"
+
+
+def pii_statements(stack: Stack) -> dict[str, list[dict[str, Any]]]:
+    """OTTL that masks every match of stack.yaml ``redaction.blocked_value_patterns`` wherever a
+    value can hold text: attribute values of any key (resource, span, span event, data point, log
+    record), log bodies (a string, or the values of a map), span event names and span status
+    messages. One alternation of all patterns, so each value is scanned once. Empty when no pattern
+    is set (then the processor is not in the pipelines)."""
+    patterns = list(stack.redaction.blocked_value_patterns.values())
+    if not patterns:
+        return {}
+    # An OTTL string literal takes Go's escapes: JSON's quoting of the pattern is one.
+    p = json.dumps("|".join(f"(?:{x})" for x in patterns))
+    mask = json.dumps(PII_MASK)
+
+    def attrs(path: str) -> str:
+        return f'replace_all_patterns({path}, "value", {p}, {mask})'
+
+    def resource() -> dict[str, Any]:  # a new dict each time: YAML would write one shared as an anchor
+        return {"context": "resource", "statements": [attrs("resource.attributes")]}
+
+    return {
+        "trace_statements": [
+            resource(),
+            {"context": "span", "statements": [attrs("span.attributes"),
+                                               f"replace_pattern(span.status.message, {p}, {mask})"]},
+            {"context": "spanevent", "statements": [attrs("spanevent.attributes"),
+                                                    f"replace_pattern(spanevent.name, {p}, {mask})"]},
+        ],
+        "metric_statements": [resource(), {"context": "datapoint", "statements": [attrs("datapoint.attributes")]}],
+        "log_statements": [
+            resource(),
+            {"context": "log", "statements": [
+                attrs("log.attributes"),
+                f"replace_pattern(log.body, {p}, {mask}) where IsString(log.body)",
+                f'replace_all_patterns(log.body, "value", {p}, {mask}) where IsMap(log.body)',
+            ]},
+        ],
+    }
 
 
 _ZERO_TRACE_ID = "TraceID(0x" + "00" * 16 + ")"
@@ -285,7 +331,11 @@ def context(target: Target) -> dict[str, Any]:
         "scrape_jobs": registry.scrape_jobs(target),
         "keep": keep_rule(target.stack),
         "destinations": destinations.exporters(target.stack),
-        "destination_extensions": destinations.extensions(target.stack),
+        # extensions the config adds as stack.yaml asks: the destinations' auth, the exposed receivers' token check
+        "extra_extensions": {**destinations.extensions(target.stack), **exposure.extension(target.stack)},
+        "exposed_receiver": exposure.receiver(target),
+        "pii": pii_statements(target.stack),
+        "contract_pii": PII_PROCESSOR,
         "elk": destinations.elk_enabled(target.stack),
         # the datasource uids the links between the signals point at: the stores that run
         "traces_uid": target.store("traces") or target.stack.backends.traces,

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from mlobs import components as registry
-from mlobs import envfile, render
+from mlobs import envfile, exposure, render
 from mlobs.config import Stack
 
 ROOT = render.ROOT
@@ -266,6 +266,8 @@ def start(stack: Stack, state: State, timeout: float = 120,
     for d in (state.config_dir, state.data_dir, state.log_dir):
         d.mkdir(parents=True, exist_ok=True)
     secrets, _ = envfile.ensure(state.env_file)
+    if exposure.enabled(stack):
+        exposure.ensure(stack, state.root / "tls")
     target = render_native(stack, state, set(p.present))
     progs = programs(stack, state, p, target, secrets)
     state.supervisor_conf.write_text(supervisor_conf(state, progs))

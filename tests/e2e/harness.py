@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -338,3 +339,29 @@ def exemplars(sut: StackUnderTest, selector: str, window: float = 900) -> list[d
                   params={"query": selector, "start": now - window, "end": now + 60})
     r.raise_for_status()
     return [{**e, "series": s["seriesLabels"]} for s in r.json()["data"] for e in s["exemplars"]]
+
+
+def listening_sockets() -> dict[int, set[str]]:
+    """Port -> the addresses listening on it (IPv4 and IPv6), from /proc/net/tcp{,6}."""
+    out: dict[int, set[str]] = {}
+    for name in ("tcp", "tcp6"):
+        path = Path(f"/proc/net/{name}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if state != "0A":  # LISTEN
+                continue
+            addr_hex, port_hex = local.split(":")
+            raw = bytes.fromhex(addr_hex)
+            if len(raw) == 4:
+                addr = ".".join(str(b) for b in raw[::-1])
+            else:  # four little-endian 32-bit words
+                words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
+                addr = ":".join(b"".join(words).hex()[i:i + 4] for i in range(0, 32, 4))
+            out.setdefault(int(port_hex, 16), set()).add(addr)
+    return out
+
+
+LOOPBACK = {"127.0.0.1", "0000:0000:0000:0000:0000:0000:0000:0001", "0000:0000:0000:0000:0000:ffff:7f00:0001"}

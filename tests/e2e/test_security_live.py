@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import StackUnderTest
+from harness import LOOPBACK, StackUnderTest
+from harness import listening_sockets as _listening
 
 from mlobs import components
 
@@ -24,32 +25,6 @@ def native_state(request: pytest.FixtureRequest):
         print(f"SKIP reason: {reason}")
         pytest.skip(reason)
     return request.getfixturevalue("native_stack").state
-
-
-def _listening() -> dict[int, set[str]]:
-    """Port -> the addresses listening on it (IPv4 and IPv6), from /proc/net/tcp{,6}."""
-    out: dict[int, set[str]] = {}
-    for name in ("tcp", "tcp6"):
-        path = Path(f"/proc/net/{name}")
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state = fields[1], fields[3]
-            if state != "0A":  # LISTEN
-                continue
-            addr_hex, port_hex = local.split(":")
-            raw = bytes.fromhex(addr_hex)
-            if len(raw) == 4:
-                addr = ".".join(str(b) for b in raw[::-1])
-            else:  # four little-endian 32-bit words
-                words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
-                addr = ":".join(b"".join(words).hex()[i:i + 4] for i in range(0, 32, 4))
-            out.setdefault(int(port_hex, 16), set()).add(addr)
-    return out
-
-
-LOOPBACK = {"127.0.0.1", "0000:0000:0000:0000:0000:0000:0000:0001", "0000:0000:0000:0000:0000:ffff:7f00:0001"}
 
 
 def test_every_port_of_the_stack_listens_on_loopback_only(sut: StackUnderTest, native_state) -> None:

@@ -93,3 +93,22 @@ def test_jaeger_validate_rejects_a_broken_config(tmp_path: Path) -> None:
     cfg = tmp_path / "jaeger.yaml"
     cfg.write_text((ROOT / "jaeger/config.yaml").read_text().replace("ephemeral:", "ephemerall:"))
     assert run(jaeger, "validate", f"--config={cfg}").returncode != 0
+
+
+def test_collector_validates_the_exposed_receivers_and_pii_masks(tmp_path: Path) -> None:
+    """otlp.expose: the TLS receivers with the bearer-token authenticator, and the PII value masks
+    (transform/pii), parsed by the real collector; the token is a reference, never the value."""
+    from mlobs import exposure
+
+    otelcol = need_binary("otelcol-mlobs")
+    data = config._merge(config._read(ROOT / "stack.yaml"), {"otlp": {"expose": {"enabled": True}}})
+    stack = config.parse(data)
+    target = render.native_target(stack, render.BACKENDS, tmp_path / "native", tmp_path / "data")
+    exposure.ensure(stack, Path(exposure.tls_dir(target)))
+    render.write(render.render(target), tmp_path / "native")
+    cfg = tmp_path / "native/otel-collector/config.yaml"
+    text = cfg.read_text()
+    assert "${env:MLOBS_OTLP_TOKEN}" in text and "bearertokenauth/otlp" in text and "transform/pii" in text
+    r = subprocess.run([str(otelcol), "validate", f"--config={cfg}"], capture_output=True, text=True, timeout=120,
+                       env={"PATH": "/usr/bin:/bin", "MLOBS_OTLP_TOKEN": "t0ken"})
+    assert r.returncode == 0, r.stderr

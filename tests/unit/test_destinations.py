@@ -118,7 +118,7 @@ def test_no_destination_leaves_the_default_configs_as_they_were() -> None:
     assert not destinations.exporters(stack)
     doc = collector_config(stack)
     assert "forward/destinations" not in doc["connectors"]
-    assert doc["service"]["extensions"] == ["health_check", "file_storage"]
+    assert doc["service"]["extensions"] == ["health_check", "pprof", "file_storage"]
 
 
 def _pipelines_with(doc: dict, exporter_id: str) -> set[str]:
@@ -177,6 +177,9 @@ def test_every_destination_sits_after_redaction_in_every_pipeline() -> None:
 def test_the_redaction_walk_catches_an_unredacted_path() -> None:
     doc = collector_config(stack_with(ALL))
     doc["service"]["pipelines"]["metrics/destinations"]["processors"] = []
+    assert _upstream_redacted(doc, "metrics/destinations"), "the metrics pipeline that feeds it redacts"
+    metrics = doc["service"]["pipelines"]["metrics"]
+    metrics["processors"] = [p for p in metrics["processors"] if p != "redaction"]
     assert not _upstream_redacted(doc, "metrics/destinations")
 
 

@@ -226,7 +226,8 @@ def test_mutated_stack_yaml_gives_a_validation_error_naming_the_path(ops: list) 
 def test_an_unknown_key_is_named(where: tuple[Any, ...], key: str, value: Any) -> None:
     doc = copy.deepcopy(BASE)
     parent = _get(doc, where)
-    free_form = where[-1:] in (("config",), ("env",), ("prices",)) or where[:1] == ("extra_exporters",)
+    free_form = (where[-1:] in (("config",), ("env",), ("prices",), ("blocked_value_patterns",))
+                 or where[:1] == ("extra_exporters",))
     if key in parent or free_form:
         return
     parent[key] = value

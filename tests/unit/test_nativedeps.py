@@ -303,7 +303,7 @@ def test_repo_manifest_components() -> None:
         # servicegraph is absent: the proxy does not serve connector/servicegraphconnector (see manifest)
         "connectors": {"span_metrics", "count", "forward"},
         "exporters": {"otlp_grpc", "otlp_http"},
-        "extensions": {"health_check", "file_storage"},
+        "extensions": {"health_check", "file_storage", "bearertokenauth", "pprof"},
     }
 
 

@@ -162,10 +162,15 @@ def test_native_exports_only_to_backends_that_run(tmp_path: Path) -> None:
 
 def test_builder_manifest_lists_exactly_the_native_components(tmp_path: Path) -> None:
     manifest = otelcol_manifest_components(ROOT / "otel-collector" / "builder-config.yaml")
-    for present in (render.BACKENDS,):
-        doc = yaml.safe_load(native_files(present, tmp_path)["otel-collector/config.yaml"])
-        in_config = {k: {c.split("/")[0] for c in v} for k, v in _components(doc).items()}
-        assert in_config == {k: set(manifest.get(k, set())) for k in KINDS}
+    # the default config, and the one with the exposed receivers (their bearer-token authenticator)
+    exposed = config.parse(config._merge(config._read(ROOT / "stack.yaml"), {"otlp": {"expose": {"enabled": True}}}))
+    in_config: dict[str, set[str]] = {k: set() for k in KINDS}
+    for stack in (STACK, exposed):
+        target = render.native_target(stack, render.BACKENDS, tmp_path / "native", tmp_path / "data")
+        doc = yaml.safe_load(render.render(target)["otel-collector/config.yaml"])
+        for k, v in _components(doc).items():
+            in_config[k] |= {c.split("/")[0] for c in v}
+    assert in_config == {k: set(manifest.get(k, set())) for k in KINDS}
     compose = yaml.safe_load(compose_files()["otel-collector/config.yaml"])
     compose_types = {c.split("/")[0] for v in _components(compose).values() for c in v}
     manifest_types = {c for v in manifest.values() for c in v}

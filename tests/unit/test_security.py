@@ -188,7 +188,7 @@ def test_an_existing_env_file_is_narrowed_to_0600(tmp_path: Path) -> None:
     env.write_text("GRAFANA_ADMIN_PASSWORD=kept\n")
     env.chmod(0o644)
     values, added = envfile.ensure(env)
-    assert added == ["MLOBS_ADMIN_TOKEN"] and values["GRAFANA_ADMIN_PASSWORD"] == "kept"
+    assert added == ["MLOBS_ADMIN_TOKEN", "MLOBS_OTLP_TOKEN"] and values["GRAFANA_ADMIN_PASSWORD"] == "kept"
     assert _mode(env) == 0o600
     env.chmod(0o666)
     assert envfile.ensure(env)[1] == []
