@@ -77,7 +77,22 @@ def subject_names(stack: Stack) -> tuple[list[str], list[str]]:
             ips.append(str(info[4][0]).split("%", 1)[0])
     except OSError:  # a host name that does not resolve: its addresses are not known
         pass
+    if (out := outgoing_address()) is not None:
+        ips.append(out)
     return sorted(set(names)), sorted(set(ips), key=lambda a: (":" in a, a))
+
+
+def outgoing_address() -> str | None:
+    """The IPv4 address of the interface this host uses to reach other hosts (what they dial),
+    found without sending a packet; None on a host without a route. The host name often resolves
+    to loopback only, so its addresses alone miss this one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # UDP: connect() picks a route, sends nothing
+            addr = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
 
 
 def _write_private(path: Path, data: bytes) -> None:

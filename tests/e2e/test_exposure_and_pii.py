@@ -1,4 +1,4 @@
-"""Exposure and PII on a real native stack of its own (stack.yaml's ports + 15000):
+"""Exposure and PII on a real native stack of its own (stack.yaml's ports + 15500):
 
 * ``otlp.expose.enabled``: the collector's second OTLP pair listens beyond loopback with TLS (a
   local CA and server certificate that mlobs made) and a bearer token. A client that trusts the CA
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from mlobs.render import PII_MASK, ROOT
 
 pytestmark = pytest.mark.e2e
 
-OFFSET = 15000  # clear of the +10000 … +14000 and +20000 stacks, below 32768
+OFFSET = 15500  # clear of the +10000 … +14000 and +20000 stacks, below 32768
 EMAIL = "carol.pii@example.org"
 CARD = "4111 1111 1111 1111"  # Luhn-valid test Visa number
 BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.Zm9v"
@@ -44,15 +43,7 @@ def _luhn_ok(number: str) -> bool:
 
 def _host_address() -> str:
     """A non-loopback IPv4 address of this host (what another host would dial), else 127.0.0.1."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))  # no packet is sent: it picks the outgoing interface
-            addr = s.getsockname()[0]
-            if not addr.startswith("127."):
-                return addr
-    except OSError:
-        pass
-    return "127.0.0.1"
+    return exposure.outgoing_address() or "127.0.0.1"
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +202,7 @@ def test_pii_values_are_masked_on_every_signal(exposed) -> None:
     vl = stores.VictoriaLogs(f"http://127.0.0.1:{exposed['stack'].ports.victorialogs}")
     lines = _until(lambda: [ln for ln in vl.lines(SERVICE) if marker in ln.body], 60)
     assert lines, "the log line is not in VictoriaLogs"
-    found["log (VictoriaLogs)"] = json.dumps([ln.raw for ln in lines])
+    found["log (VictoriaLogs)"] = json.dumps([[ln.body, ln.attributes] for ln in lines])
     prom = f"http://127.0.0.1:{exposed['stack'].ports.prometheus}"
 
     def series():
