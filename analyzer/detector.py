@@ -3,7 +3,8 @@
 At each tick the detector lists the services Prometheus knows (span metrics, log counts, process
 metrics), ranks each one's candidate causes as the alert analysis does (:mod:`analyzer.rca`:
 RED per operation from span metrics, ML quality and drift where they exist, the process's CPU,
-memory, threads and GC, log counts by severity) and, for the candidates that score, looks for a
+memory, threads and GC, the host's CPU (a cause only when it saturates: a CPU-bound neighbour),
+log counts by severity) and, for the candidates that score, looks for a
 change point in their series (:mod:`analyzer.changepoint`: ruptures, then BARO's robust scaler
 fitted before the change). A candidate that scores at least ``detect_score`` *and* whose series
 changed inside the recent window, in its bad direction, by a robust z of at least ``CHANGE_Z``, is

@@ -20,6 +20,11 @@ PSI, KS by feature            drift                ``ml_feature``
 accuracy, F1 (worst version)  model_regression     the model version; full weight only after a
                                                    deployment in the last 15m, else half
 request rate                  traffic              the job (weighs 0.6: usually a symptom)
+process CPU, memory, threads, resource             ``cpu``, ``memory``, ``threads``, ``gc``
+GC                                                 (weigh 0.7; CPU in full when it saturates)
+busy CPUs of the host         resource             ``host cpu`` (weighs 0.7; in full when the
+                                                   host saturates, half when the process's own
+                                                   CPU explains it)
 ============================  ===================  =========================================
 
 A score is ``weight · significance · effect``: significance grows with the z-score beyond 3,
@@ -92,6 +97,16 @@ LOG_WEIGHT = 0.6
 RESOURCE_WEIGHT = 0.7
 CPU_SATURATED_CORES = 0.85
 CPU_EFFECT = 0.25  # cores
+PROCESS_CPU_SUBJECT = "cpu"
+# The host's CPUs, as the service's process reports them (contract.SYSTEM_CPU_UTILIZATION): busy
+# cores. A cause when the host saturates (resource saturation: the host), unless the process's own
+# CPU explains the rise; else not what slows anything down.
+HOST_CPU_SUBJECT = "host cpu"
+HOST_CPU_SATURATED_SHARE = 0.9  # of the host's CPUs busy
+# Below saturation the host has CPU to spare: its rise weighs so little (0.7 × 0.25 < the detector's
+# 0.2) that it never opens an incident by itself, and only ranks as context.
+HOST_UNSATURATED_WEIGHT = 0.25
+HOST_CPU_EFFECT = 0.5  # cores
 THREAD_EFFECT = 10.0  # threads
 # The second suspect is reported when it is strong too: at least this score, and this share of the first's.
 SECOND_SUSPECT_SCORE = 0.25
@@ -171,11 +186,23 @@ def selector(*regex: tuple[str, str], **matchers: str | None) -> str:
     return "{" + ", ".join(terms) + "}" if terms else ""
 
 
-def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str = RATE_WINDOW) -> dict[str, str]:
+def duration(seconds: float) -> str:
+    """A PromQL duration of whole seconds (at least one): ``15`` -> ``15s``."""
+    return f"{max(1, round(seconds))}s"
+
+
+def promql(
+    target: Target,
+    focus: dict[str, str] | None = None,
+    rate_window: str = RATE_WINDOW,
+    step_window: str = duration(STEP_SECONDS),
+) -> dict[str, str]:
     """Every query the analysis runs, by name. The first group is ranged, the last three instant.
 
     ``focus`` adds matchers (such as ``span_name="feature_lookup"``) to every selector: the
-    one-series version of a query, for the Grafana link of a finding.
+    one-series version of a query, for the Grafana link of a finding. Counters are rated over
+    ``rate_window``; the host's CPU gauge (already a share of each export interval) is averaged
+    over ``step_window``, the query step, so that each point holds the readings of its own step.
     """
     focus = focus or {}
     ml = selector(job=target.job, ml_model_name=target.model_name, **focus)
@@ -189,6 +216,8 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
 
     info = f"max by (ml_model_version) (ml_model_info{ml})"
     proc = selector(job=target.job, **focus)
+    idle = selector(job=target.job, state=contract.SYSTEM_CPU_IDLE, **focus)
+    host_idle = f"avg_over_time({contract.SYSTEM_CPU_UTILIZATION_RATIO}{idle}[{step_window}])"
     return {
         "stage_p95": quantile("0.95", "ml_stage_duration_seconds_bucket", "ml_stage", ml),
         "stage_p99": quantile("0.99", "ml_stage_duration_seconds_bucket", "ml_stage", ml),
@@ -212,6 +241,10 @@ def promql(target: Target, focus: dict[str, str] | None = None, rate_window: str
         "memory": f"sum({contract.PROCESS_MEMORY_USAGE_BYTES}{proc})",
         "threads": f"sum({contract.PROCESS_THREAD_COUNT_SERIES}{proc})",
         "gc": f"sum(rate({contract.CPYTHON_GC_COLLECTIONS_TOTAL}{proc}[{rate_window}]))",
+        # The host's busy CPUs (cores), as the job's processes see it (one host each, averaged per CPU),
+        # and how many CPUs it has: the host saturates near all of them busy.
+        "host_cpu": f"sum(avg by (cpu) (1 - {host_idle}))",
+        "host_cpus": f"count(count by (cpu) ({contract.SYSTEM_CPU_UTILIZATION_RATIO}{idle}))",
         "deployments": f"sum by (ml_model_version) (changes(ml_model_deployments_total{ml}[{DEPLOY_WINDOW}]))",
         # A version's counter starts at 1, which changes() does not see: new info series do.
         "new_versions": f"{info} unless max by (ml_model_version) (ml_model_info{ml} offset {DEPLOY_WINDOW})",
@@ -255,10 +288,15 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("accuracy", "model_regression", None, "rolling accuracy of", "", -1, 0.005, 0.0, QUALITY_EFFECT),
     Signal("f1", "model_regression", None, "rolling F1 of", "", -1, 0.005, 0.0, QUALITY_EFFECT),
     Signal("request_rate", "traffic", None, "request rate of", "req/s", 0, 0.01, 0.05, RATE_EFFECT),
-    Signal("cpu", "resource", None, "CPU use of the process:", "cores", 1, 0.02, 0.05, CPU_EFFECT, "cpu"),
+    Signal(
+        "cpu", "resource", None, "CPU use of the process:", "cores", 1, 0.02, 0.05, CPU_EFFECT, PROCESS_CPU_SUBJECT
+    ),
     Signal("memory", "resource", None, "memory of the process:", "By", 1, 2**20, 0.02, RATE_EFFECT, "memory"),
     Signal("threads", "resource", None, "threads of the process:", "threads", 1, 1.0, 0.0, THREAD_EFFECT, "threads"),
     Signal("gc", "resource", None, "garbage collections of the process:", "gc/s", 1, 0.05, 0.1, RATE_EFFECT, "gc"),
+    Signal(
+        "host_cpu", "resource", None, "CPU use of the host:", "cores", 1, 0.05, 0.05, HOST_CPU_EFFECT, HOST_CPU_SUBJECT
+    ),
     # Not PromQL: the analyzer's own log-template counts (analyzer/logtemplates.py).
     Signal("log_template", "log_template", None, "rate of log template", "rec/s", 1, 0.01, 0.1, RATE_EFFECT),
 )
@@ -500,10 +538,13 @@ class RootCauseAnalyzer:
 
     # ---- querying
 
+    def _queries(self, target: Target, focus: dict[str, str] | None = None) -> dict[str, str]:
+        return promql(target, focus, rate_window=self.rate_window, step_window=duration(self.step_seconds))
+
     def _run(
         self, target: Target, at: float, recent_seconds: float | None = None
     ) -> tuple[dict[str, list[RangeSeries]], dict[str, list[Sample]], list[str]]:
-        queries = promql(target, rate_window=self.rate_window)
+        queries = self._queries(target)
         end = math.floor(at / self.step_seconds) * self.step_seconds
         start = end - self.baseline_seconds - (self.recent_seconds if recent_seconds is None else recent_seconds)
         parent = otel_context.get_current()
@@ -540,7 +581,7 @@ class RootCauseAnalyzer:
         recent_seconds: float | None = None,
         end: float | None = None,
     ) -> dict[tuple[str, str, int | None], _Candidate]:
-        queries = promql(target, rate_window=self.rate_window)
+        queries = self._queries(target)
         recent = self.recent_seconds if recent_seconds is None else recent_seconds
         recent_points = max(1, round(recent / self.step_seconds))
         model = target.model_name or target.job or "model"
@@ -670,9 +711,40 @@ class RootCauseAnalyzer:
             )
 
     @staticmethod
-    def _explain_resource(candidate: _Candidate) -> None:
+    def _explain_host(candidate: _Candidate, moved: list[_Candidate], cpus: float | None) -> None:
+        """The host's CPUs all busy: every process on it waits (a cause, at full weight), unless the
+        process's own CPU use accounts for most of the rise (then its symptom)."""
+        best = candidate.best
+        latest, added = best.anomaly.latest, best.bad_delta
+        process = next((c for c in moved if c.kind == "resource" and c.subject == PROCESS_CPU_SUBJECT), None)
+        if process is not None and added > 0 and process.best.bad_delta >= EXPLAINED_SHARE * added:
+            candidate.weight = EXPLAINED_WEIGHT
+            candidate.notes.append(
+                f"the process's own CPU use rose by {fmt(process.best.bad_delta, 'cores')} of the host's "
+                f"+{fmt(added, 'cores')}: a symptom of it"
+            )
+            return
+        if cpus and math.isfinite(latest) and latest >= HOST_CPU_SATURATED_SHARE * cpus:
+            candidate.weight = 1.0 / RESOURCE_WEIGHT  # undoes the evidence's resource weight
+            candidate.notes.append(
+                f"resource saturation: the host: {latest:.2f} of its {cpus:g} CPUs busy ({latest / cpus:.0%}), "
+                "not by this process: every process on it waits for CPU"
+            )
+            return
+        size = f"{cpus:g} CPUs" if cpus else "CPUs (their number unknown)"
+        candidate.weight = HOST_UNSATURATED_WEIGHT
+        candidate.notes.append(
+            f"the host's {size} are not saturated (a cause from {HOST_CPU_SATURATED_SHARE:.0%} busy): "
+            "CPU to spare, so nothing waits for it"
+        )
+
+    @classmethod
+    def _explain_resource(cls, candidate: _Candidate, moved: list[_Candidate], cpus: float | None) -> None:
         """CPU near one core saturates a Python process: then a cause, at full weight."""
-        if candidate.subject == "cpu":
+        if candidate.subject == HOST_CPU_SUBJECT:
+            cls._explain_host(candidate, moved, cpus)
+            return
+        if candidate.subject == PROCESS_CPU_SUBJECT:
             latest = candidate.best.anomaly.latest
             if math.isfinite(latest) and latest >= CPU_SATURATED_CORES:
                 candidate.weight = 1.0 / RESOURCE_WEIGHT  # undoes the evidence's resource weight
@@ -683,9 +755,22 @@ class RootCauseAnalyzer:
                 return
         candidate.notes.append("resource use of the process: a cause when it saturates, else maybe a symptom")
 
+    @staticmethod
+    def _host_cpus(ranged: dict[str, list[RangeSeries]]) -> float | None:
+        """The host's number of CPUs: the latest finite point of ``host_cpus``."""
+        for series in ranged.get("host_cpus", []):
+            finite = [float(v) for v in series.values if math.isfinite(v)]
+            if finite and finite[-1] > 0:
+                return finite[-1]
+        return None
+
     @classmethod
     def _adjust(
-        cls, candidates: dict[tuple[str, str, int | None], _Candidate], deployment: _Deployment, target: Target
+        cls,
+        candidates: dict[tuple[str, str, int | None], _Candidate],
+        deployment: _Deployment,
+        target: Target,
+        cpus: float | None = None,
     ) -> None:
         moved = [c for c in candidates.values() if c.score >= MIN_SCORE]  # judged before any is adjusted
         for candidate in candidates.values():
@@ -703,7 +788,7 @@ class RootCauseAnalyzer:
                     f"a {_span_kind_name(candidate.span_kind)} span: an operation the service serves"
                 )
             if candidate.kind == "resource":
-                cls._explain_resource(candidate)
+                cls._explain_resource(candidate, moved, cpus)
             if candidate.kind == "model_regression":
                 candidate.notes.append(deployment.note())
                 candidate.more_promql.extend(deployment.exprs)
@@ -719,7 +804,8 @@ class RootCauseAnalyzer:
         if checked:
             text = (
                 f"No signal of {job} moved beyond its baseline: {checked} series checked (stage and span "
-                f"latency, span errors, log counts, drift, model quality, traffic), each scored as {self.window}."
+                "latency, span errors, log counts, drift, model quality, traffic, process and host resources), "
+                f"each scored as {self.window}."
             )
         else:
             text = f"Prometheus has no ml_* or span-metric series of {job} in the window: is it running and exporting?"
@@ -733,7 +819,7 @@ class RootCauseAnalyzer:
             score=0.0,
             summary="no candidate cause moved beyond its baseline",
             evidence=text,
-            promql=[promql(target, rate_window=self.rate_window)[shown]],
+            promql=[self._queries(target)[shown]],
         )
 
     # ---- the analysis
@@ -746,7 +832,7 @@ class RootCauseAnalyzer:
         end = math.floor(when / self.step_seconds) * self.step_seconds
         candidates = self._candidates(target, ranged, recent, end)
         deployment = self._deployment(target, instant)
-        self._adjust(candidates, deployment, target)
+        self._adjust(candidates, deployment, target, self._host_cpus(ranged))
 
         def rank(c: _Candidate) -> tuple[float, int, str]:
             return (-c.score, KIND_ORDER.index(c.kind), c.subject)
@@ -760,7 +846,7 @@ class RootCauseAnalyzer:
         else:
             best = ranked[0].best
             focus = {best.signal.label: best.subject} if best.signal.label else None
-            link_promql = promql(target, focus, rate_window=self.rate_window)[best.signal.query]
+            link_promql = self._queries(target, focus)[best.signal.query]
         end = math.floor(when / self.step_seconds) * self.step_seconds
         start = end - self.baseline_seconds - recent
         return Assessment(target, ranked, findings, deployment, errors, link_promql, start, end, self.step_seconds)

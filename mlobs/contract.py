@@ -56,8 +56,10 @@ def prometheus_name(instrument: str, unit: str = "", *, counter: bool = False) -
     """The series name Prometheus's OTLP receiver gives an instrument (underscores, unit and ``_total``
     suffixes): ``prometheus_name(REQUEST_DURATION, "s")`` is ``ml_request_duration_seconds``; a
     histogram's series add ``_bucket``, ``_sum`` and ``_count`` to it. Annotations (``{incident}``)
-    add nothing."""
+    add nothing; a gauge of unit ``1`` (a share) gets ``_ratio``, a counter of unit ``1`` nothing."""
     name = prometheus_label(instrument)
+    if unit == "1":
+        return name + "_total" if counter else name + "_ratio"
     if unit and not unit.startswith("{"):
         if unit not in _UNIT_SUFFIXES:
             raise ValueError(f"no Prometheus suffix known for unit {unit!r}; known: {', '.join(_UNIT_SUFFIXES)}")
@@ -113,6 +115,15 @@ PROCESS_THREAD_COUNT = "process.thread.count"
 CPYTHON_GC_COLLECTIONS = "cpython.gc.collections"
 PROCESS_THREAD_COUNT_SERIES = prometheus_name(PROCESS_THREAD_COUNT)
 CPYTHON_GC_COLLECTIONS_TOTAL = prometheus_name(CPYTHON_GC_COLLECTIONS, "{collection}", counter=True)
+#: The host's CPU, as a process on it sees it (the system-metrics instrumentation, configured by
+#: mlobs.telemetry for the sample service; the collector's hostmetrics receiver is not in our build):
+#: a gauge per logical CPU (attribute ``cpu``: 1, 2, ...) and ``state``, the share of the time since
+#: the previous export spent in that state. Busy is everything but ``idle``.
+SYSTEM_CPU_UTILIZATION = "system.cpu.utilization"
+SYSTEM_CPU_UTILIZATION_UNIT = "1"
+SYSTEM_CPU_STATES: tuple[str, ...] = ("idle", "user", "system")
+SYSTEM_CPU_IDLE = "idle"
+SYSTEM_CPU_UTILIZATION_RATIO = prometheus_name(SYSTEM_CPU_UTILIZATION, SYSTEM_CPU_UTILIZATION_UNIT)
 
 #: Events the analyzer looks for near a change point (generator/TELEMETRY.md).
 MODEL_DEPLOYMENTS_TOTAL = "ml_model_deployments_total"

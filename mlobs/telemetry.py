@@ -115,7 +115,7 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import StatusCode
 from opentelemetry.util.types import Attributes
 
-from mlobs import sampling
+from mlobs import contract, sampling
 from mlobs.contract import ATTR_OUTCOME
 
 #: Our default OTLP protocol, where neither OTEL_EXPORTER_OTLP_PROTOCOL nor a per-signal one is set.
@@ -123,9 +123,16 @@ DEFAULT_PROTOCOL = "http/protobuf"
 
 _HANDLER_MARK = "_mlobs_handler"
 # The process metrics the sample service has always exported (the instrumentor's default is everything).
-_SYSTEM_METRICS = {"process.cpu.time": ["user", "system"], "process.memory.usage": None}
-# ... and, for the analyzer's resource candidates (mlobs.contract PROCESS_THREAD_COUNT, CPYTHON_GC_COLLECTIONS):
-_SYSTEM_METRICS |= {"process.thread.count": None, "cpython.gc.collections": None}
+_SYSTEM_METRICS: dict[str, list[str] | None] = {
+    contract.PROCESS_CPU_TIME: ["user", "system"],
+    contract.PROCESS_MEMORY_USAGE: None,
+}
+# ... and, for the analyzer's resource candidates: threads, collections, and the host's CPU by state.
+_SYSTEM_METRICS |= {
+    contract.PROCESS_THREAD_COUNT: None,
+    contract.CPYTHON_GC_COLLECTIONS: None,
+    contract.SYSTEM_CPU_UTILIZATION: list(contract.SYSTEM_CPU_STATES),
+}
 
 
 def package_version() -> str:

@@ -1,5 +1,6 @@
-"""Canned Prometheus answers for the analyzer tests: a healthy hour of the sample service and its five
-injected faults, a healthy hour of a generic service (shop-api) and its faults, fakes.
+"""Canned Prometheus answers for the analyzer tests: a healthy hour of the sample service, its five
+injected faults and a CPU-bound neighbour on its host, a healthy hour of a generic service (shop-api)
+and its faults, fakes.
 
 Imported by name from the tests (a module name no other test folder uses: pytest puts each test
 folder on sys.path, and every folder has its own conftest).
@@ -14,6 +15,7 @@ import httpx
 import numpy as np
 
 from analyzer import rca
+from analyzer.detector import DISCOVERY
 from analyzer.grafana import GrafanaAnnotator
 from analyzer.prometheus import RangeSeries, Sample, grid_size
 from mlobs.contract import FEATURE_LOOKUP_SPAN, STAGES
@@ -26,6 +28,7 @@ TARGET = rca.Target(JOB, MODEL, "1")
 POINTS = grid_size(0, rca.BASELINE_SECONDS + rca.RECENT_SECONDS, rca.STEP_SECONDS)
 FAULT_POINTS = 6  # the fault began 6 minutes ago: the whole recent window, plus one point
 NOW = 1_800_000_000.0
+HOST_CPUS = 2
 
 # The healthy p95 of each stage, in seconds.
 STAGE_P95 = dict(zip(STAGES, (0.002, 0.008, 0.004, 0.001), strict=True))
@@ -90,6 +93,10 @@ def healthy(noise: bool = True) -> World:
     w.set_instant("deployments", {(("ml_model_version", "1"),): 0.0})
     w.set_instant("new_versions", {})
     w.set_instant("previous_versions", {(("ml_model_version", "1"),): 1.0})
+    # The process and its host (2 CPUs): a fifth of a core, and 0.6 of the two busy.
+    w.steady("cpu", {}, 0.2, 0.01 * k)
+    w.steady("host_cpu", {}, 0.6, 0.03 * k)
+    w.steady("host_cpus", {}, float(HOST_CPUS), 0.0)
     return w
 
 
@@ -145,12 +152,41 @@ def fault_regression() -> World:
     return w
 
 
+def fault_cpu_neighbour() -> World:
+    """Another process on the host burns both CPUs: the host saturates; the service, starved, serves
+    less (its own CPU use falls) and a little slower in every stage."""
+    w = healthy()
+    w.shift("host_cpu", {}, 1.97, 0.01)
+    w.shift("cpu", {}, 0.12, 0.01)
+    for stage, p95 in STAGE_P95.items():
+        w.shift("stage_p95", {"ml_stage": stage}, 2 * p95, 0.05 * p95)
+        w.shift("span_p95", {"span_name": stage, "span_kind": INTERNAL}, 2 * p95, 0.05 * p95)
+    w.shift("request_rate", {}, 7.0, 0.2)
+    return w
+
+
+def fault_process_cpu(cores: float = 1.0) -> World:
+    """The service's own process burns ``cores`` more: the host's busy CPUs rise by as much."""
+    w = healthy()
+    w.shift("cpu", {}, 0.2 + cores, 0.01)
+    w.shift("host_cpu", {}, min(float(HOST_CPUS), 0.6 + cores), 0.01)
+    return w
+
+
+def busy_neighbour() -> World:
+    """A neighbour takes 0.8 of a CPU more, but the host (2 CPUs) keeps some idle: nothing waits for CPU."""
+    w = healthy()
+    w.shift("host_cpu", {}, 1.4, 0.02)
+    return w
+
+
 SCENARIOS: dict[str, tuple[Callable[[], World], str, str]] = {
     "latency in inference": (fault_latency_inference, "stage_latency", "inference"),
     "slow feature lookup": (fault_slow_lookup, "downstream_latency", FEATURE_LOOKUP_SPAN),
     "error burst in inference": (fault_errors_inference, "errors", "inference"),
     "drift on mean_radius": (fault_drift_mean_radius, "drift", "mean_radius"),
     "regression after a deployment": (fault_regression, "model_regression", f"{MODEL} v2"),
+    "CPU-bound neighbour": (fault_cpu_neighbour, "resource", rca.HOST_CPU_SUBJECT),
 }
 
 
@@ -262,6 +298,27 @@ class FakePrometheus:
 
     def ready(self) -> bool:
         return self.is_ready
+
+
+SERVICE_TARGET = rca.Target(job=JOB, model_name=None, model_version=None, service=JOB)
+
+
+class ServicePrometheus(FakePrometheus):
+    """Answers the alert analysis's PromQL and the detector's (per service, no model), and discovery."""
+
+    def __init__(self, world: World, services: tuple[tuple[str, str], ...] = ((JOB, JOB),)) -> None:
+        super().__init__(world, TARGET)
+        self.names.update({expr: name for name, expr in rca.promql(SERVICE_TARGET).items()})
+        self.services = services
+
+    def query(self, expr: str, at: float) -> list[Sample]:
+        if expr == DISCOVERY["spans"]:
+            self.asked.append(expr)
+            return [Sample({"job": job, "service_name": name}, 1.0) for job, name in self.services]
+        if expr in DISCOVERY.values():
+            self.asked.append(expr)
+            return []
+        return super().query(expr, at)
 
 
 class BrokenPrometheus(FakePrometheus):

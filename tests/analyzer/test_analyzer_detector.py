@@ -8,8 +8,7 @@ from analyzer_fakes import (
     JOB,
     NOW,
     POINTS,
-    TARGET,
-    FakePrometheus,
+    ServicePrometheus,
     alert,
     fault_errors_inference,
     fault_latency_inference,
@@ -20,28 +19,7 @@ from analyzer_fakes import (
 
 from analyzer import rca
 from analyzer.changepoint import find_change
-from analyzer.detector import DISCOVERY, discover
-from analyzer.prometheus import Sample
-
-SERVICE_TARGET = rca.Target(job=JOB, model_name=None, model_version=None, service=JOB)
-
-
-class ServicePrometheus(FakePrometheus):
-    """Answers the alert analysis's PromQL and the detector's (per service, no model), and discovery."""
-
-    def __init__(self, world, services=((JOB, JOB),)) -> None:
-        super().__init__(world, TARGET)
-        self.names.update({expr: name for name, expr in rca.promql(SERVICE_TARGET).items()})
-        self.services = services
-
-    def query(self, expr: str, at: float) -> list[Sample]:
-        if expr == DISCOVERY["spans"]:
-            self.asked.append(expr)
-            return [Sample({"job": job, "service_name": name}, 1.0) for job, name in self.services]
-        if expr in DISCOVERY.values():
-            self.asked.append(expr)
-            return []
-        return super().query(expr, at)
+from analyzer.detector import discover
 
 
 def test_a_step_is_found_where_it_is_and_scored_against_the_points_before() -> None:
