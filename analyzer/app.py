@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -85,7 +86,7 @@ def create_app(
         clock=clock,
         templates=templates,
     )
-    store = IncidentBook(settings.max_incidents)
+    store = IncidentBook(settings.max_incidents, Path(settings.state_file) if settings.state_file else None)
 
     def detector_incident(incident: Incident, created: bool) -> None:
         """Annotate what the detector opened (and close the region when it closes)."""

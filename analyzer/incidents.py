@@ -9,19 +9,29 @@ model's before a service's, then the earliest; or the detector's while no alert 
 
 An incident is open while one of its alerts fires or the detector still sees its change; it
 closes (``status: resolved``) when neither holds.
+
+With a ``path``, the book is kept on disk: every change rewrites the JSON file atomically (a
+temporary file, fsync, rename), and a new book reads it back, so a restart of the analyzer loses
+no incident, no joined alert and no analysis. A file that cannot be read is set aside
+(``*.unreadable``) and the book starts empty, saying so in the log.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from analyzer.models import AlertRef, Incident, WebhookAlert
 
 JOIN_SLACK_SECONDS = 300
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,11 +73,61 @@ def detector_id(service: str, change_point: datetime) -> str:
 class IncidentBook:
     """The latest ``limit`` incidents, newest (last touched) first; thread-safe."""
 
-    def __init__(self, limit: int = 200) -> None:
+    def __init__(self, limit: int = 200, path: Path | None = None) -> None:
         self.limit = limit
+        self.path = path
         self._items: OrderedDict[str, _Record] = OrderedDict()
         self._by_alert: dict[str, str] = {}
         self._lock = threading.RLock()
+        if path is not None:
+            self._load(path)
+
+    # ---- on disk
+
+    def _load(self, path: Path) -> None:
+        if not path.exists():
+            return
+        try:
+            rows = json.loads(path.read_text())
+            records = [
+                _Record(
+                    Incident.model_validate(row["incident"]),
+                    {k: Incident.model_validate(v) for k, v in row.get("analyses", {}).items()},
+                    Incident.model_validate(row["detector"]) if row.get("detector") else None,
+                    bool(row.get("detector_active")),
+                )
+                for row in rows
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            aside = path.with_name(path.name + ".unreadable")
+            os.replace(path, aside)
+            log.error("incidents file %s unreadable (%s): moved to %s, starting empty", path, e, aside)
+            return
+        for record in records[-self.limit:]:
+            self._items[record.incident.fingerprint] = record
+            for ref in record.incident.alerts:
+                self._by_alert[ref.fingerprint] = record.incident.fingerprint
+        log.info("read %d incidents from %s", len(self._items), path)
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        rows = [
+            {
+                "incident": r.incident.model_dump(mode="json"),
+                "analyses": {k: v.model_dump(mode="json") for k, v in r.analyses.items()},
+                "detector": r.detector.model_dump(mode="json") if r.detector else None,
+                "detector_active": r.detector_active,
+            }
+            for r in self._items.values()
+        ]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(rows, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     # ---- reading
 
@@ -118,6 +178,7 @@ class IncidentBook:
             for ref in old.incident.alerts:
                 if self._by_alert.get(ref.fingerprint) == old_key:
                     del self._by_alert[ref.fingerprint]
+        self._save()
 
     @staticmethod
     def _primary(record: _Record) -> Incident | None:
@@ -220,6 +281,7 @@ class IncidentBook:
             record = self._items.get(key)
             if record is not None:
                 record.incident = record.incident.model_copy(update={"annotation_id": annotation_id})
+                self._save()
 
     # ---- the detector
 
@@ -259,4 +321,5 @@ class IncidentBook:
                 return None
             record.detector_active = False
             self._refresh(record, at)
+            self._save()
             return record.incident

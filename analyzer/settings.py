@@ -25,6 +25,8 @@ class Settings:
     grafana_password: str | None = None
     grafana_token: str | None = None
     max_incidents: int = 200
+    # Where the incidents are kept across restarts (a JSON file, written atomically); empty: memory only.
+    state_file: str = ""
     query_timeout: float = 5.0
     # The RCA compares the last `recent_seconds` with the `baseline_seconds` before them, at
     # `step_seconds` (fractional below a second), over rates of `rate_window` (stack.yaml:
@@ -69,6 +71,7 @@ class Settings:
             grafana_password=env.get("GRAFANA_ADMIN_PASSWORD") or None,
             grafana_token=env.get("MLOBS_GRAFANA_TOKEN") or None,
             max_incidents=int(number("MLOBS_ANALYZER_MAX_INCIDENTS", cls.max_incidents, int)),
+            state_file=env.get("MLOBS_ANALYZER_STATE_FILE", "").strip(),
             query_timeout=number("MLOBS_ANALYZER_QUERY_TIMEOUT", cls.query_timeout, float),
             recent_seconds=number("MLOBS_ANALYZER_RECENT_SECONDS", cls.recent_seconds, float),
             baseline_seconds=number("MLOBS_ANALYZER_BASELINE_SECONDS", cls.baseline_seconds, float),

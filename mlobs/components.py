@@ -249,6 +249,7 @@ def _analyzer_env(p: Place) -> dict[str, str]:
         "MLOBS_ANALYZER_PORT": str(p.port("analyzer")),
         "MLOBS_PROMETHEUS_URL": p.url("prometheus"),
         "MLOBS_GRAFANA_URL": p.url("grafana"),
+        "MLOBS_ANALYZER_STATE_FILE": f"{p.data('analyzer')}/incidents.json",
         **render.analyzer_env(p.stack),
         # Links in the analyses are opened by a browser on this host.
         "MLOBS_GRAFANA_PUBLIC_URL": f"http://127.0.0.1:{p.target.host_port('grafana')}",  # type: ignore[attr-defined]
@@ -381,6 +382,8 @@ REGISTRY: tuple[Component, ...] = (
         ports=(Port("analyzer", 8010, 8010),), health=Health("analyzer", "/healthz", "python"),
         env=_analyzer_env, build="analyzer/Dockerfile", build_image="mlobs-analyzer:local",
         python_module="analyzer.app", depends_on=("prometheus", "otel-collector"),
+        # its incidents, kept across restarts (analyzer/incidents.py)
+        data=Data("/var/lib/mlobs-analyzer", native="analyzer", volume="analyzer-data"), user="10001:10001",
     ),
     Component(
         "inference", "the sample ML inference service (stack.yaml services: sample: true)",
