@@ -90,7 +90,7 @@ def change_of(candidate: _Candidate, recent_points: int) -> ChangePoint | None:
     if best.values is None:
         return None
     signal = best.signal
-    change = find_change(best.values, min_scale=signal.min_scale, relative_floor=signal.relative_floor)
+    change = find_change(best.scored_values, min_scale=signal.min_scale, relative_floor=signal.relative_floor)
     if change is None or change.index < len(best.values) - recent_points - 1:
         return None
     z = abs(change.robust_z) if signal.direction == 0 else change.robust_z * signal.direction

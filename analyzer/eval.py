@@ -235,12 +235,12 @@ def keep_incident(out: Path, case: Case, incident: dict[str, Any], analyzer: str
     """The case's incident as the analyzer gives it (JSON, and its HTML report) in out/cases/."""
     cases = out / "cases"
     cases.mkdir(parents=True, exist_ok=True)
-    base = cases / slug(case.name)
-    base.with_suffix(".json").write_text(json.dumps(incident, indent=2, default=str))
+    name = slug(case.name)  # not Path.with_suffix: "latency inference 0.8s" has a dot of its own
+    (cases / f"{name}.json").write_text(json.dumps(incident, indent=2, default=str))
     try:
         r = httpx.get(f"{analyzer}/incidents/{incident['fingerprint']}/report.html", timeout=60)
         if r.status_code == 200:
-            base.with_suffix(".html").write_text(r.text)
+            (cases / f"{name}.html").write_text(r.text)
     except httpx.HTTPError as exc:
         print(f"eval-rca: no report for {case.name}: {exc}", file=sys.stderr)
 

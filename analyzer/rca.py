@@ -22,9 +22,9 @@ accuracy, F1 (worst version)  model_regression     the model version; full weigh
 request rate                  traffic              the job (weighs 0.6: usually a symptom)
 process CPU, memory, threads, resource             ``cpu``, ``memory``, ``threads``, ``gc``
 GC                                                 (weigh 0.7; CPU in full when it saturates)
-busy CPUs of the host         resource             ``host cpu`` (weighs 0.7; in full when the
+idle CPU of the host          resource             ``host cpu`` (weighs 0.7; in full when the
                                                    host saturates, half when the process's own
-                                                   CPU explains it)
+                                                   CPU explains it; scored in doublings)
 ============================  ===================  =========================================
 
 A score is ``weight · significance · effect``: significance grows with the z-score beyond 3,
@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -98,15 +99,20 @@ RESOURCE_WEIGHT = 0.7
 CPU_SATURATED_CORES = 0.85
 CPU_EFFECT = 0.25  # cores
 PROCESS_CPU_SUBJECT = "cpu"
-# The host's CPUs, as the service's process reports them (contract.SYSTEM_CPU_UTILIZATION): busy
-# cores. A cause when the host saturates (resource saturation: the host), unless the process's own
-# CPU explains the rise; else not what slows anything down.
+# The host's CPUs, as the service's process reports them (contract.SYSTEM_CPU_UTILIZATION): its idle
+# cores, the headroom every process on it shares. A cause when the host saturates (resource
+# saturation: the host), unless the process's own CPU explains the fall; else not what slows
+# anything down. The headroom is scored in doublings (log2, idle floored at HOST_IDLE_FLOOR): a host
+# whose neighbours come and go has a noisy busy share, but going from some idle CPU to none is many
+# halvings however noisy the baseline was, and the wait for CPU grows as the headroom shrinks.
 HOST_CPU_SUBJECT = "host cpu"
-HOST_CPU_SATURATED_SHARE = 0.9  # of the host's CPUs busy
-# Below saturation the host has CPU to spare: its rise weighs so little (0.7 × 0.25 < the detector's
+HOST_CPU_SATURATED_SHARE = 0.9  # of the host's CPUs busy: at most a tenth of them idle
+HOST_IDLE_FLOOR = 0.05  # cores: less idle than this counts as none
+HOST_IDLE_NOISE = 0.25  # doublings of the headroom: its least expected noise
+HOST_IDLE_EFFECT = 2.0  # doublings lost (three quarters of the headroom gone)
+# Below saturation the host has CPU to spare: its fall weighs so little (0.7 × 0.25 < the detector's
 # 0.2) that it never opens an incident by itself, and only ranks as context.
 HOST_UNSATURATED_WEIGHT = 0.25
-HOST_CPU_EFFECT = 0.5  # cores
 THREAD_EFFECT = 10.0  # threads
 # The second suspect is reported when it is strong too: at least this score, and this share of the first's.
 SECOND_SUSPECT_SCORE = 0.25
@@ -241,9 +247,9 @@ def promql(
         "memory": f"sum({contract.PROCESS_MEMORY_USAGE_BYTES}{proc})",
         "threads": f"sum({contract.PROCESS_THREAD_COUNT_SERIES}{proc})",
         "gc": f"sum(rate({contract.CPYTHON_GC_COLLECTIONS_TOTAL}{proc}[{rate_window}]))",
-        # The host's busy CPUs (cores), as the job's processes see it (one host each, averaged per CPU),
-        # and how many CPUs it has: the host saturates near all of them busy.
-        "host_cpu": f"sum(avg by (cpu) (1 - {host_idle}))",
+        # The host's idle CPUs (cores), as the job's processes see it (one host each, averaged per CPU),
+        # and how many CPUs it has: the host saturates when next to none of them is idle.
+        "host_idle": f"sum(avg by (cpu) ({host_idle}))",
         "host_cpus": f"count(count by (cpu) ({contract.SYSTEM_CPU_UTILIZATION_RATIO}{idle}))",
         "deployments": f"sum by (ml_model_version) (changes(ml_model_deployments_total{ml}[{DEPLOY_WINDOW}]))",
         # A version's counter starts at 1, which changes() does not see: new info series do.
@@ -270,6 +276,15 @@ class Signal:
     relative_floor: float
     effect_unit: float
     subject: str | None = None  # a fixed subject (resource signals), else the label's or the model's
+    # Scored in doublings: the z-scores, change point and effect are of log2(max(value, log_floor));
+    # min_scale and effect_unit are then in doublings too. 0: scored as it is.
+    log_floor: float = 0.0
+
+    def scored(self, values: Any) -> Any:
+        """The series as it is scored (log2 for a signal with a ``log_floor``; NaNs stay NaN)."""
+        if not self.log_floor or values is None:
+            return values
+        return np.log2(np.maximum(np.asarray(values, dtype=float), self.log_floor))
 
 
 # The kind of a span signal's finding follows the span's level (LATENCY_KINDS); min_scale and
@@ -295,7 +310,8 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("threads", "resource", None, "threads of the process:", "threads", 1, 1.0, 0.0, THREAD_EFFECT, "threads"),
     Signal("gc", "resource", None, "garbage collections of the process:", "gc/s", 1, 0.05, 0.1, RATE_EFFECT, "gc"),
     Signal(
-        "host_cpu", "resource", None, "CPU use of the host:", "cores", 1, 0.05, 0.05, HOST_CPU_EFFECT, HOST_CPU_SUBJECT
+        "host_idle", "resource", None, "idle CPU of the host:", "cores", -1, HOST_IDLE_NOISE, 0.0, HOST_IDLE_EFFECT,
+        HOST_CPU_SUBJECT, log_floor=HOST_IDLE_FLOOR,
     ),
     # Not PromQL: the analyzer's own log-template counts (analyzer/logtemplates.py).
     Signal("log_template", "log_template", None, "rate of log template", "rec/s", 1, 0.01, 0.1, RATE_EFFECT),
@@ -369,6 +385,16 @@ class _Evidence:
     weight: float = 1.0
     values: Any = None  # the series on the query grid (numpy), for change points and plots
     labels: dict[str, str] = field(default_factory=dict)
+    scored_anomaly: Anomaly | None = None  # of the scored series, for a signal scored in doublings
+
+    @property
+    def z(self) -> Anomaly:
+        """What the z-scores are of: the scored series (log2) when it differs from the values."""
+        return self.scored_anomaly or self.anomaly
+
+    @property
+    def scored_values(self) -> Any:
+        return self.signal.scored(self.values)
 
     @property
     def bad_delta(self) -> float:
@@ -381,6 +407,10 @@ class _Evidence:
     @property
     def effect(self) -> float:
         a = self.anomaly
+        if self.scored_anomaly is not None:  # doublings in the bad direction
+            z = self.scored_anomaly
+            direction = self.signal.direction or (1 if z.delta >= 0 else -1)
+            return max(z.delta * direction, 0.0) / self.signal.effect_unit if math.isfinite(z.delta) else 0.0
         if self.signal.unit in RELATIVE_UNITS:
             # Doublings, with the signal's noise floor for a rate at 0 (none before, or none now).
             low = max(self.signal.min_scale, 1e-9)
@@ -389,7 +419,7 @@ class _Evidence:
 
     @property
     def score(self) -> float:
-        a = self.anomaly
+        a = self.z
         if not a.enough_history:
             return 0.0
         sign = self.signal.direction
@@ -405,9 +435,11 @@ class _Evidence:
         if not a.enough_history:
             return f"{name}: {fmt(a.latest, unit)} now, too little history for a baseline"
         verb = "rose" if a.delta > 0 else "fell" if a.delta < 0 else "stayed"
+        z = self.z
+        of = f" (of log2, floored at {fmt(self.signal.log_floor, unit)})" if self.scored_anomaly else ""
         return (
             f"{name} {verb} from {fmt(a.median, unit)} (median of the baseline, MAD {fmt(a.mad, unit)}) "
-            f"to {fmt(a.latest, unit)}: robust z {_z(a.robust_z)}, σ-z {_z(a.sigma_z)}"
+            f"to {fmt(a.latest, unit)}: robust z {_z(z.robust_z)}, σ-z {_z(z.sigma_z)}{of}"
         )
 
 
@@ -453,8 +485,8 @@ class _Candidate:
             promql=exprs,
             baseline=_finite(best.anomaly.median),
             current=_finite(best.anomaly.latest),
-            robust_z=_finite(best.anomaly.robust_z),
-            sigma_z=_finite(best.anomaly.sigma_z),
+            robust_z=_finite(best.z.robust_z),
+            sigma_z=_finite(best.z.sigma_z),
         )
 
 
@@ -612,14 +644,25 @@ class RootCauseAnalyzer:
                 )
                 if not subject:
                     continue
-                anomaly = detect(
-                    series.values,
-                    recent=recent_points,
-                    min_scale=signal.min_scale,
-                    relative_floor=signal.relative_floor,
-                )
+                if signal.log_floor:  # shown as it is, scored in doublings
+                    anomaly = detect(series.values, recent=recent_points)
+                    scored = detect(
+                        signal.scored(series.values),
+                        recent=recent_points,
+                        min_scale=signal.min_scale,
+                        relative_floor=signal.relative_floor,
+                    )
+                else:
+                    scored = None
+                    anomaly = detect(
+                        series.values,
+                        recent=recent_points,
+                        min_scale=signal.min_scale,
+                        relative_floor=signal.relative_floor,
+                    )
                 evidence = _Evidence(
-                    signal, subject, anomaly, queries[signal.query], weight, series.values, dict(series.labels)
+                    signal, subject, anomaly, queries[signal.query], weight, series.values, dict(series.labels),
+                    scored,
                 )
                 candidate = candidates.setdefault((kind, subject, level), _Candidate(kind, subject, level))
                 candidate.span_kind = candidate.span_kind or span_kind
@@ -713,22 +756,23 @@ class RootCauseAnalyzer:
     @staticmethod
     def _explain_host(candidate: _Candidate, moved: list[_Candidate], cpus: float | None) -> None:
         """The host's CPUs all busy: every process on it waits (a cause, at full weight), unless the
-        process's own CPU use accounts for most of the rise (then its symptom)."""
+        process's own CPU use accounts for most of the idle CPU lost (then its symptom)."""
         best = candidate.best
-        latest, added = best.anomaly.latest, best.bad_delta
+        idle, lost = best.anomaly.latest, best.bad_delta  # cores idle now, and fewer than before
         process = next((c for c in moved if c.kind == "resource" and c.subject == PROCESS_CPU_SUBJECT), None)
-        if process is not None and added > 0 and process.best.bad_delta >= EXPLAINED_SHARE * added:
+        if process is not None and lost > 0 and process.best.bad_delta >= EXPLAINED_SHARE * lost:
             candidate.weight = EXPLAINED_WEIGHT
             candidate.notes.append(
-                f"the process's own CPU use rose by {fmt(process.best.bad_delta, 'cores')} of the host's "
-                f"+{fmt(added, 'cores')}: a symptom of it"
+                f"the process's own CPU use rose by {fmt(process.best.bad_delta, 'cores')} of the "
+                f"{fmt(lost, 'cores')} the host no longer has idle: a symptom of it"
             )
             return
-        if cpus and math.isfinite(latest) and latest >= HOST_CPU_SATURATED_SHARE * cpus:
+        if cpus and math.isfinite(idle) and idle <= (1 - HOST_CPU_SATURATED_SHARE) * cpus:
             candidate.weight = 1.0 / RESOURCE_WEIGHT  # undoes the evidence's resource weight
+            busy = min(max(1 - idle / cpus, 0.0), 1.0)
             candidate.notes.append(
-                f"resource saturation: the host: {latest:.2f} of its {cpus:g} CPUs busy ({latest / cpus:.0%}), "
-                "not by this process: every process on it waits for CPU"
+                f"resource saturation: the host: {fmt(max(idle, 0.0), 'cores')} of its {cpus:g} CPUs idle "
+                f"({busy:.0%} busy), not taken by this process: every process on it waits for CPU"
             )
             return
         size = f"{cpus:g} CPUs" if cpus else "CPUs (their number unknown)"
@@ -846,7 +890,9 @@ class RootCauseAnalyzer:
         else:
             best = ranked[0].best
             focus = {best.signal.label: best.subject} if best.signal.label else None
-            link_promql = self._queries(target, focus)[best.signal.query]
+            queries = self._queries(target, focus)
+            # A log template is no PromQL series: its link is the service's log rate by severity.
+            link_promql = queries.get(best.signal.query) or queries["log_rate"]
         end = math.floor(when / self.step_seconds) * self.step_seconds
         start = end - self.baseline_seconds - recent
         return Assessment(target, ranked, findings, deployment, errors, link_promql, start, end, self.step_seconds)

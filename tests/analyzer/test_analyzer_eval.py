@@ -295,7 +295,12 @@ def test_a_case_keeps_its_incident_and_report(tmp_path: Path, monkeypatch: pytes
     incident = {"fingerprint": "cp-abc", "top_suspect": {"kind": "stage_latency"}}
     ev.keep_incident(tmp_path, case, incident, "http://127.0.0.1:21010")
     assert asked == ["http://127.0.0.1:21010/incidents/cp-abc/report.html"]
-    base = tmp_path / "cases" / "pair-latency-inference-drift-mean_radius"
-    assert json.loads(base.with_suffix(".json").read_text()) == incident
-    assert base.with_suffix(".html").read_text() == "<html>report</html>"
+    cases = tmp_path / "cases"
+    assert json.loads((cases / "pair-latency-inference-drift-mean_radius.json").read_text()) == incident
+    assert (cases / "pair-latency-inference-drift-mean_radius.html").read_text() == "<html>report</html>"
     assert ev.slug("latency inference 0.8s #2") == "latency-inference-0.8s-2"
+    # A name with a dot keeps it: each case has files of its own.
+    ev.keep_incident(tmp_path, ev.Case("slow_lookup 0.8s", [], []), incident, "http://127.0.0.1:21010")
+    ev.keep_incident(tmp_path, ev.Case("slow_lookup 0.4s", [], []), incident, "http://127.0.0.1:21010")
+    assert {p.name for p in cases.iterdir()} >= {"slow_lookup-0.8s.json", "slow_lookup-0.8s.html",
+                                                 "slow_lookup-0.4s.json", "slow_lookup-0.4s.html"}

@@ -3,11 +3,13 @@ apart from the service's own CPU use and from a host that still has CPU to spare
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from analyzer_fakes import (
     HOST_CPUS,
     JOB,
     NOW,
+    SHARED_HOST_BUSY,
     FakePrometheus,
     ServicePrometheus,
     World,
@@ -15,9 +17,13 @@ from analyzer_fakes import (
     busy_neighbour,
     fault_cpu_neighbour,
     fault_process_cpu,
+    healthy,
+    shared_host,
 )
 
 from analyzer import rca
+from analyzer.changepoint import find_change
+from analyzer.detect import detect
 from analyzer.detector import DETECT_SCORE
 from analyzer.models import Finding, Incident, WebhookAlert
 from mlobs import contract
@@ -41,8 +47,10 @@ def test_a_cpu_bound_neighbour_makes_the_saturated_host_the_suspect() -> None:
     assert (top.kind, top.subject) == ("resource", rca.HOST_CPU_SUBJECT), ranking
     assert [(s.kind, s.subject) for s in incident.suspects] == [("resource", rca.HOST_CPU_SUBJECT)]
     assert "resource saturation: the host" in top.evidence
-    assert f"of its {HOST_CPUS} CPUs busy" in top.evidence
-    assert top.baseline == pytest.approx(0.6, abs=0.05) and top.current == pytest.approx(1.97, abs=0.05)
+    assert f"of its {HOST_CPUS} CPUs idle (99% busy)" in top.evidence
+    assert "idle CPU of the host: host cpu fell from 1.39 cores" in top.summary
+    assert top.baseline == pytest.approx(1.4, abs=0.05) and top.current == pytest.approx(0.03, abs=0.02)
+    assert top.robust_z is not None and top.robust_z < -10, "scored in doublings of the headroom"
     # The starved process uses less CPU, not more: it is no candidate.
     assert ("resource", rca.PROCESS_CPU_SUBJECT) not in ranking
     assert contract.SYSTEM_CPU_UTILIZATION_RATIO in top.evidence and top.promql[0] in incident.links.promql
@@ -75,6 +83,36 @@ def test_without_the_number_of_cpus_the_host_is_not_judged_saturated() -> None:
     assert host.score < DETECT_SCORE
 
 
+def saturated(world: World) -> World:
+    world.shift("host_idle", {}, 0.001)
+    return world
+
+
+def test_a_saturated_host_stands_out_of_a_noisy_baseline() -> None:
+    """On a host shared with stacks that come and go (0.1 to 1.7 of 2 CPUs busy), the busy share alone
+    is no anomaly (robust z -2.5 on the eval's data); none idle is many halvings of the headroom."""
+    idle = np.array([HOST_CPUS - b for b in SHARED_HOST_BUSY] + [0.0007] * 6)
+    [signal] = [s for s in rca.SIGNALS if s.subject == rca.HOST_CPU_SUBJECT]
+    assert abs(detect(idle, recent=6).robust_z) < 3.5
+    assert detect(signal.scored(idle), recent=6, min_scale=signal.min_scale).robust_z < -8
+    change = find_change(signal.scored(idle), min_scale=signal.min_scale)
+    assert change is not None and change.index == len(SHARED_HOST_BUSY) and change.robust_z < -3.5
+    # The analysis: the host first when it saturates, nothing at all while it is only noisy.
+    top = analyse(saturated(shared_host(healthy()))).top_suspect
+    assert (top.kind, top.subject) == ("resource", rca.HOST_CPU_SUBJECT) and top.score > 0.5
+    assert analyse(shared_host(healthy())).top_suspect.kind == "unknown"
+
+
+def test_the_detector_sees_the_saturation_of_a_noisy_host(make_client) -> None:
+    client = make_client(prometheus=ServicePrometheus(saturated(shared_host(healthy()))))
+    detector = client.app.state.detector
+    detector.tick(NOW)
+    [incident] = detector.tick(NOW)
+    assert (incident.top_suspect.kind, incident.top_suspect.subject) == ("resource", rca.HOST_CPU_SUBJECT)
+    quiet = make_client(prometheus=ServicePrometheus(shared_host(healthy()))).app.state.detector
+    assert [quiet.tick(NOW) for _ in range(3)] == [[], [], []]
+
+
 def test_the_detector_opens_an_incident_for_the_neighbour(make_client) -> None:
     client = make_client(prometheus=ServicePrometheus(fault_cpu_neighbour()))
     detector = client.app.state.detector
@@ -94,8 +132,8 @@ def test_the_detector_leaves_a_busier_unsaturated_host_alone(make_client) -> Non
 def test_the_host_queries_average_the_gauge_over_the_step() -> None:
     target = rca.Target(JOB, None, None)
     queries = rca.promql(target, rate_window="1m", step_window="15s")
-    assert queries["host_cpu"] == (
-        'sum(avg by (cpu) (1 - avg_over_time(system_cpu_utilization_ratio{job="mlobs-inference", state="idle"}[15s])))'
+    assert queries["host_idle"] == (
+        'sum(avg by (cpu) (avg_over_time(system_cpu_utilization_ratio{job="mlobs-inference", state="idle"}[15s])))'
     )
     assert queries["host_cpus"] == (
         'count(count by (cpu) (system_cpu_utilization_ratio{job="mlobs-inference", state="idle"}))'
@@ -114,8 +152,8 @@ def test_the_host_queries_average_the_gauge_over_the_step() -> None:
 
     analyzer = rca.RootCauseAnalyzer(Recorder(), grafana_url="http://grafana:3000", step_seconds=15)
     analyzer._run(target, NOW)
-    assert rca.promql(target, step_window="15s")["host_cpu"] in asked
-    assert rca.promql(target)["host_cpu"] not in asked, "the default step is 60s, not the analyzer's"
+    assert rca.promql(target, step_window="15s")["host_idle"] in asked
+    assert rca.promql(target)["host_idle"] not in asked, "the default step is 60s, not the analyzer's"
 
 
 def test_prometheus_names_a_share_gauge_with_ratio() -> None:

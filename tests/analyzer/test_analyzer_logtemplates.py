@@ -77,6 +77,16 @@ def test_a_new_error_template_is_a_candidate_with_its_examples(make_client) -> N
     assert "new: first seen" in found[0]["evidence"] and f"trace_id={TRACE}" in found[0]["evidence"]
 
 
+def test_a_template_alone_can_be_the_top_suspect_and_links_the_log_rate(make_client) -> None:
+    """Nothing but a new error template moved (the detector once failed on this: no PromQL of its own)."""
+    client = make_client(healthy())
+    client.post("/v1/logs", content=export(JOB, history()), headers={"content-type": "application/x-protobuf"})
+    client.post("/alerts", json=payload(alert("MLErrorRatioHigh")))
+    incident = client.get("/incidents/a1b2c3d4e5f60718").json()
+    assert incident["top_suspect"]["kind"] == "log_template", [f["kind"] for f in incident["findings"]]
+    assert incident["links"]["promql"].startswith("sum by (severity_text) (rate(log_records_total{")
+
+
 def test_no_template_finding_without_a_change(make_client) -> None:
     client = make_client(healthy())
     steady = [(NOW - 3900 + 10 * i, "WARN", f"invalid request req-{i:06x}: 3 features missing", "") for i in range(390)]

@@ -607,7 +607,7 @@ def test_collector_crash_loses_only_what_was_in_memory(faults: Faults) -> None:
 
 
 DROP = r"otelcol_(exporter_enqueue_failed|exporter_send_failed|processor_dropped|processor_.*dropped)"
-REFUSE = r"otelcol_(receiver_refused|processor_refused)"
+REFUSE = r"otelcol_(receiver_refused|receiver_failed|processor_refused)"
 
 
 def test_burst_of_ten_times_the_rate_is_refused_not_dropped(faults: Faults) -> None:
