@@ -26,10 +26,22 @@ def engine_answers(timeout: float = 5.0) -> tuple[bool, str]:
     return True, f"Docker engine {r.stdout.strip()}"
 
 
+def compose_command(*args: str, env_file: Path = ROOT / ".env") -> list[str]:
+    """`docker compose` on the rendered compose file, with the stack's .env."""
+    return ["docker", "compose", "--project-directory", str(ROOT / "compose"), "-f", str(COMPOSE_FILE),
+            "--env-file", str(env_file), *args]
+
+
 def compose(*args: str, env_file: Path = ROOT / ".env") -> int:
-    cmd = ["docker", "compose", "--project-directory", str(ROOT / "compose"), "-f", str(COMPOSE_FILE),
-           "--env-file", str(env_file), *args]
-    return subprocess.call(cmd)
+    return subprocess.call(compose_command(*args, env_file=env_file))
+
+
+def compose_output(*args: str, env_file: Path = ROOT / ".env", timeout: float = 120) -> str:
+    """What `docker compose <args>` prints (stdout and stderr); a failure raises with its output."""
+    r = subprocess.run(compose_command(*args, env_file=env_file), capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"docker compose {' '.join(args)}: exit code {r.returncode}: {r.stderr.strip()[-500:]}")
+    return r.stdout + r.stderr
 
 
 def up() -> int:

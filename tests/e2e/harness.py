@@ -267,6 +267,17 @@ class Traffic:
         self._thread.join(timeout=60)
 
 
+def until(check: Callable[[], Any], seconds: float = 60, interval: float = 1.0) -> Any:
+    """``check()`` once an ``interval`` until it returns something truthy or ``seconds`` have passed:
+    its last result either way (the caller asserts on it, with its own message)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(interval)
+
+
 # ---- example services: a process of a test's own (tests/e2e/test_examples.py) ----------------
 
 

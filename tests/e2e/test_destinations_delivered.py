@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from harness import until
 
 from mlobs import config
 from mlobs.render import ROOT
@@ -220,19 +221,10 @@ def _received_json(rec: Recorder, marker: str) -> dict[str, list[dict]]:
     return out
 
 
-def _until(check, seconds: float = 60):
-    deadline = time.monotonic() + seconds
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(1)
-
-
 def test_otlp_destination_gets_redacted_spans_and_logs_with_their_trace_id(doubles, stack_with_destinations) -> None:
     trace_id, span_id, marker = secrets.token_hex(16), secrets.token_hex(8), secrets.token_hex(4)
     _send(stack_with_destinations["otlp_http"], trace_id, span_id, marker)
-    got = _until(lambda: (lambda r: r if r["spans"] and r["logs"] else None)(_received_json(doubles["json"], marker)),
+    got = until(lambda: (lambda r: r if r["spans"] and r["logs"] else None)(_received_json(doubles["json"], marker)),
                  90)
     assert got, (f"nothing of marker {marker} reached the stand-in collector's recorder "
                  f"({len(doubles['json'].requests)} requests); stand-in log:\n{doubles['log'].read_text()[-2000:]}")
@@ -268,7 +260,7 @@ def test_otlp_http_destination_sends_the_secret_header_from_env(doubles, stack_w
                             return headers, lr, attrs
         return None
 
-    got = _until(found, 90)
+    got = until(found, 90)
     assert got, f"no log of marker {marker} reached the direct recorder ({len(doubles['direct'].requests)} requests)"
     headers, record, attrs = got
     assert headers.get("x-sink-token") == stack_with_destinations["token"], "the secret header from .env"
@@ -289,7 +281,7 @@ def test_elasticsearch_destination_bulk_documents_are_redacted_with_trace_id(dou
     def found():
         return [d for d in bulk_documents(doubles["es"]) if marker in json.dumps(d)]
 
-    docs = _until(found, 90)
+    docs = until(found, 90)
     assert docs, f"no _bulk document of marker {marker} ({len(doubles['es'].requests)} requests)"
     doc = docs[0]
     assert doc.get("trace_id") == trace_id, doc

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import LOOPBACK, listening_sockets
+from harness import LOOPBACK, listening_sockets, until
 
 from mlobs import config, exposure, stores
 from mlobs.render import PII_MASK, ROOT
@@ -87,15 +87,6 @@ def _tls_client(exp: dict, token: str | None, trust: bool = True) -> httpx.Clien
     return httpx.Client(verify=ctx, headers=headers, timeout=10)
 
 
-def _until(check, seconds: float = 60):
-    deadline = time.monotonic() + seconds
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(1)
-
-
 def test_exposed_http_receiver_serves_only_tls_clients_with_the_token(exposed) -> None:
     port = exposed["stack"].ports.otlp_http_tls
     url = f"https://{exposed['addr']}:{port}/v1/traces"
@@ -119,7 +110,7 @@ def test_exposed_http_receiver_serves_only_tls_clients_with_the_token(exposed) -
         r.raise_for_status()
     outcomes["plain HTTP"] = "refused"
     jaeger = stores.Jaeger(f"http://127.0.0.1:{exposed['stack'].ports.jaeger}")
-    got = _until(lambda: jaeger.trace(trace_id), 60)
+    got = until(lambda: jaeger.trace(trace_id), 60)
     assert got and any(s.attributes.get("mlobs.e2e.marker") == marker for s in got), \
         f"the span sent with the token is not in Jaeger: {got}"
     print(f"exposed OTLP/HTTP at {exposed['addr']}:{port}: {outcomes}; the accepted span is in Jaeger")
@@ -145,7 +136,7 @@ def test_exposed_grpc_receiver_checks_the_token(exposed) -> None:
         code = refused.value.code()
     assert code == grpc.StatusCode.UNAUTHENTICATED, code
     jaeger = stores.Jaeger(f"http://127.0.0.1:{exposed['stack'].ports.jaeger}")
-    assert _until(lambda: jaeger.trace(trace_id), 60), "the span sent over gRPC with the token is not in Jaeger"
+    assert until(lambda: jaeger.trace(trace_id), 60), "the span sent over gRPC with the token is not in Jaeger"
     print(f"exposed OTLP/gRPC at {exposed['addr']}:{port}: token accepted, none -> {code.name}")
 
 
@@ -195,12 +186,12 @@ def test_pii_values_are_masked_on_every_signal(exposed) -> None:
 
     found: dict[str, str] = {}
     jaeger = stores.Jaeger(f"http://127.0.0.1:{exposed['stack'].ports.jaeger}")
-    spans_got = _until(lambda: jaeger.trace(trace_id), 60)
+    spans_got = until(lambda: jaeger.trace(trace_id), 60)
     assert spans_got, "the span is not in Jaeger"
     raw_trace = httpx.get(f"{jaeger.base}/api/v3/traces/{trace_id}", timeout=10).text
     found["trace (Jaeger)"] = raw_trace
     vl = stores.VictoriaLogs(f"http://127.0.0.1:{exposed['stack'].ports.victorialogs}")
-    lines = _until(lambda: [ln for ln in vl.lines(SERVICE) if marker in ln.body], 60)
+    lines = until(lambda: [ln for ln in vl.lines(SERVICE) if marker in ln.body], 60)
     assert lines, "the log line is not in VictoriaLogs"
     found["log (VictoriaLogs)"] = json.dumps([[ln.body, ln.attributes] for ln in lines])
     prom = f"http://127.0.0.1:{exposed['stack'].ports.prometheus}"
@@ -209,7 +200,7 @@ def test_pii_values_are_masked_on_every_signal(exposed) -> None:
         r = httpx.get(f"{prom}/api/v1/series", params={"match[]": f'{{marker="{marker}"}}'}, timeout=10)
         return r.json().get("data") if r.is_success else None
 
-    got_series = _until(series, 60)
+    got_series = until(series, 60)
     assert got_series, "the metric point is not in Prometheus"
     found["metric (Prometheus)"] = json.dumps(got_series)
     leaks = {where: [b for b in SECRET_BITS if b in text_] for where, text_ in found.items()}
