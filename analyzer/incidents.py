@@ -5,7 +5,9 @@ started no earlier than ``JOIN_SLACK_SECONDS`` before the incident's change poin
 it rather than making another; an incident the detector opened takes the alerts that follow. Each
 joined alert keeps its own analysis; the incident shows the analysis of its *primary* alert among
 those still firing (else among all): the most severe, a threshold alert before an anomaly band, a
-model's before a service's, then the earliest; or the detector's while no alert joined.
+model's before a service's, then the earliest; or the detector's while no alert joined. While the
+detector still sees the change, the suspects its latest analysis names and the primary's does not
+follow the primary's.
 
 An incident is open while one of its alerts fires or the detector still sees its change; it
 closes (``status: resolved``) when neither holds.
@@ -221,6 +223,13 @@ class IncidentBook:
                 "exemplars",
             )
         }
+        if shown is not record.detector and record.detector_active and record.detector is not None:
+            # The alert's analysis is as of its notification; the detector's is redone every tick.
+            # A cause it names that the alert's does not (one that showed later: drift whose window
+            # fills slowly once a slow stage throttles the traffic) is a suspect too.
+            named = {(f.kind, f.subject) for f in update["suspects"]}
+            later = [f for f in record.detector.suspects if (f.kind, f.subject) not in named and f.kind != "unknown"]
+            update["suspects"] = [*update["suspects"], *later]
         if not is_open:
             ends = [a.ends_at for a in inc.alerts if a.ends_at] + ([ended] if ended else [])
             update["status"] = "resolved"

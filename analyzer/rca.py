@@ -573,11 +573,17 @@ class RootCauseAnalyzer:
     def _queries(self, target: Target, focus: dict[str, str] | None = None) -> dict[str, str]:
         return promql(target, focus, rate_window=self.rate_window, step_window=duration(self.step_seconds))
 
+    def grid_end(self, at: float, fresh: bool = False) -> float:
+        """The last point of the query grid for ``at``: the step before it (an alert's analysis, on
+        the same grid whenever it is asked), or ``at`` itself when ``fresh`` (the detector: every
+        sample up to now, instead of up to a step older)."""
+        return at if fresh else math.floor(at / self.step_seconds) * self.step_seconds
+
     def _run(
-        self, target: Target, at: float, recent_seconds: float | None = None
+        self, target: Target, at: float, recent_seconds: float | None = None, fresh: bool = False
     ) -> tuple[dict[str, list[RangeSeries]], dict[str, list[Sample]], list[str]]:
         queries = self._queries(target)
-        end = math.floor(at / self.step_seconds) * self.step_seconds
+        end = self.grid_end(at, fresh)
         start = end - self.baseline_seconds - (self.recent_seconds if recent_seconds is None else recent_seconds)
         parent = otel_context.get_current()
         errors: list[str] = []
@@ -868,12 +874,15 @@ class RootCauseAnalyzer:
 
     # ---- the analysis
 
-    def assess(self, target: Target, when: float, *, recent_seconds: float | None = None) -> Assessment:
+    def assess(
+        self, target: Target, when: float, *, recent_seconds: float | None = None, fresh: bool = False
+    ) -> Assessment:
         """Rank the candidate causes of ``target`` at ``when``: the latest point against the baseline
-        before the last ``recent_seconds`` (the analyzer's recent window unless told)."""
+        before the last ``recent_seconds`` (the analyzer's recent window unless told), on a grid that
+        ends at ``grid_end(when, fresh)``."""
         recent = self.recent_seconds if recent_seconds is None else recent_seconds
-        ranged, instant, errors = self._run(target, when, recent)
-        end = math.floor(when / self.step_seconds) * self.step_seconds
+        ranged, instant, errors = self._run(target, when, recent, fresh)
+        end = self.grid_end(when, fresh)
         candidates = self._candidates(target, ranged, recent, end)
         deployment = self._deployment(target, instant)
         self._adjust(candidates, deployment, target, self._host_cpus(ranged))
@@ -893,7 +902,6 @@ class RootCauseAnalyzer:
             queries = self._queries(target, focus)
             # A log template is no PromQL series: its link is the service's log rate by severity.
             link_promql = queries.get(best.signal.query) or queries["log_rate"]
-        end = math.floor(when / self.step_seconds) * self.step_seconds
         start = end - self.baseline_seconds - recent
         return Assessment(target, ranked, findings, deployment, errors, link_promql, start, end, self.step_seconds)
 

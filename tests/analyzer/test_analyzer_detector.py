@@ -56,21 +56,22 @@ def test_a_healthy_service_opens_nothing(make_client) -> None:
     prom = ServicePrometheus(healthy())
     client = make_client(prometheus=prom)
     detector = client.app.state.detector
-    for _ in range(3):
-        assert detector.tick(NOW) == []
+    for i in range(3):
+        assert detector.tick(NOW + i * rca.STEP_SECONDS) == []
     assert client.get("/incidents").json() == []
 
 
-def test_a_change_opens_an_incident_by_itself_after_two_hits(make_client) -> None:
+def test_a_change_opens_an_incident_by_itself_after_hits_a_step_of_data_apart(make_client) -> None:
     prom = ServicePrometheus(fault_slow_lookup())
     client = make_client(prometheus=prom)
     detector = client.app.state.detector
     assert detector.tick(NOW) == [], "one hit is not enough"
-    [incident] = detector.tick(NOW)
+    assert detector.tick(NOW + 1) == [], "a second look at the same data confirms nothing"
+    [incident] = detector.tick(NOW + rca.STEP_SECONDS)
     assert incident.source == "detector" and incident.status == "firing" and incident.service == JOB
     assert (incident.top_suspect.kind, incident.top_suspect.subject) == ("downstream_latency", "feature_lookup")
-    # The fake's fault covers the last 6 points of the grid: that is where the change point is.
-    start = (NOW // 60) * 60 - rca.BASELINE_SECONDS - rca.RECENT_SECONDS
+    # The fake's fault covers the last 6 points of the grid, which ends at the tick itself.
+    start = NOW + rca.STEP_SECONDS - rca.BASELINE_SECONDS - rca.RECENT_SECONDS
     assert incident.change_point.timestamp() == start + (POINTS - 6) * 60
     assert incident.fingerprint.startswith("cp-")
     listed = client.get("/incidents").json()
@@ -84,7 +85,7 @@ def test_an_alert_joins_the_open_incident_of_its_service(make_client) -> None:
     client = make_client(prometheus=prom)
     detector = client.app.state.detector
     detector.tick(NOW)
-    [opened] = detector.tick(NOW)
+    [opened] = detector.tick(NOW + rca.STEP_SECONDS)
     r = client.post("/alerts", json=payload(alert("MLStageLatencyHigh", labels={"ml_stage": "inference"})))
     assert r.json()["results"][0]["incident"] == opened.fingerprint
     [incident] = client.get("/incidents").json()
@@ -101,7 +102,7 @@ def test_an_alert_of_another_service_opens_its_own_incident(make_client) -> None
     client = make_client(prometheus=prom)
     detector = client.app.state.detector
     detector.tick(NOW)
-    detector.tick(NOW)
+    detector.tick(NOW + rca.STEP_SECONDS)
     other = alert("ServiceDown", fingerprint="0000111122223333", service={"job": "other-service"})
     client.post("/alerts", json=payload(other))
     listed = client.get("/incidents").json()
