@@ -463,6 +463,30 @@ def ensure_telemetrygen() -> Path:
     return nativebuild.ensure_binaries({"telemetrygen": TELEMETRYGEN_VERSION}, bin_dir)[TELEMETRYGEN_BINARY]
 
 
+def collector_profile(step, pb: Path) -> dict:
+    """The collector's CPU profile of a throughput step: the .pb.gz beside a ``go tool pprof -top``
+    summary (``<name>-top.txt``), and its top entries for results.json."""
+    from mlobs import bench_throughput as tp
+
+    got = dict(step.profile or {})
+    got.update(rate=step.rate, accepted_per_s=round(step.accepted_per_s), step_seconds=step.seconds)
+    if "error" in got or not pb.exists():
+        got.setdefault("error", "no profile was written")
+        return got
+    top = pb.with_name(pb.name.removesuffix(".pb.gz") + "-top.txt")
+    try:
+        text, summary = tp.pprof_top(pb)
+    except (OSError, subprocess.SubprocessError) as e:
+        got["error"] = f"go tool pprof: {type(e).__name__}: {e}"
+        return got
+    top.write_text(f"The collector's CPU profile (pprof extension, /debug/pprof/profile?seconds={got['seconds']}) "
+                   f"over the middle of a {step.seconds:g} s step offering {step.rate:,.0f} {step.signal} items/s "
+                   f"(accepted {step.accepted_per_s:,.0f}/s, collector {step.collector_cores:.2f} cores); "
+                   f"written by `mlobs bench --parts throughput`.\n\n{text}")
+    got.update(summary, top_file=top.name)
+    return got
+
+
 def merged(old: dict, new: dict) -> dict:
     """``new`` with the parts (and throughput signals) it did not run taken from ``old``; each part
     keeps the run it comes from (``parts.<part>.run``)."""
@@ -470,21 +494,26 @@ def merged(old: dict, new: dict) -> dict:
     parts = dict(old.get("parts", {}))
     for name, part in new["parts"].items():
         if name == "throughput" and name in parts:
-            part = {**parts[name], **part, "notes": part.get("notes") or parts[name].get("notes", [])}
+            part = {**parts[name], **part, "notes": part.get("notes") or parts[name].get("notes", []),
+                    "profiles": {**parts[name].get("profiles", {}), **part.get("profiles", {})}}
         parts[name] = part
     peaks = (new["parts"].get("throughput") or {}).get("peak_bytes")
     if peaks and "startup" in parts and "startup" not in new["parts"]:
         parts["startup"] = {**parts["startup"], "throughput_peak_bytes": peaks}
     out["parts"] = parts
     out["skipped"] = {k: v for k, v in new.get("skipped", {}).items() if k not in parts}
-    out["command"] = f"{old.get('command', 'mlobs bench')}, then {new['command']}"
+    # each command once, in the order of its latest run (a part run again replaces its figures)
+    chain = [c for c in old.get("command", "mlobs bench").split(", then ") if c != new["command"]]
+    out["command"] = ", then ".join([*chain, new["command"]])
     return out
 
 
 def run(requests: int = 2000, warmup: int = 200, parts: Sequence[str] = PARTS, out_dir: Path = OUT_DIR,
         search_steps: int = 4, step_seconds: float = 15, confirm_seconds: float = 60,
-        command: str = "mlobs bench", signals: Sequence[str] | None = None, merge: bool = False) -> int:
-    """Run the parts, print the table, write out_dir/results.json and results.md; `mlobs bench` calls this."""
+        command: str = "mlobs bench", signals: Sequence[str] | None = None, merge: bool = False,
+        port_offset: int | None = None) -> int:
+    """Run the parts, print the table, write out_dir/results.json and results.md; `mlobs bench` calls this.
+    ``port_offset``: the bench stack's ports are stack.yaml's + this (default bench_stack.PORT_OFFSET)."""
     from mlobs import bench_report, bench_stack, stores
     from mlobs import bench_throughput as tp
 
@@ -535,7 +564,7 @@ def run(requests: int = 2000, warmup: int = 200, parts: Sequence[str] = PARTS, o
         out_dir.mkdir(parents=True, exist_ok=True)
         with part("stack"):
             say(f"{elapsed()} starting the bench stack (stack.yaml ports + {bench_stack.PORT_OFFSET})")
-            with bench_stack.running() as stack:
+            with bench_stack.running(offset=bench_stack.PORT_OFFSET if port_offset is None else port_offset) as stack:
                 say(f"{elapsed()} healthy after {stack.startup_seconds:.1f}s; stores: {stack.stores()}")
                 startup: dict = {"startup_seconds": round(stack.startup_seconds, 2),
                                  "healthy_after": stack.healthy_after, "missing": stack.missing,
@@ -560,11 +589,12 @@ def run(requests: int = 2000, warmup: int = 200, parts: Sequence[str] = PARTS, o
                     else:
                         with part("freshness"):
                             job = stack.stack.sample_service.name if stack.stack.sample_service else "mlobs-inference"
-                            fresh = bench_freshness.measure(stack.url("inference"), stack.url("prometheus"), store, job)
+                            fresh = bench_freshness.measure(stack.url("inference"), stack.url("prometheus"), store, job,
+                                                           caller_otlp=stack.url("otlp_http"))
                             fresh["levers"] = bench_freshness.levers(stack.stack)
                             results["parts"]["freshness"] = fresh
                 if "throughput" in parts and telemetrygen is not None:
-                    throughput: dict = {"notes": []}
+                    throughput: dict = {"notes": [], "profiles": {}}
                     peaks: dict[str, int] = {}
                     log = Path(tempfile.gettempdir()) / "mlobs-bench-telemetrygen.log"
                     log.write_bytes(b"")
@@ -572,7 +602,12 @@ def run(requests: int = 2000, warmup: int = 200, parts: Sequence[str] = PARTS, o
                         say(f"{elapsed()} throughput: {signal}")
 
                         def probe(rate: float, seconds: float, signal: str = signal) -> tp.Step:
-                            step = tp.run_step(stack, telemetrygen, signal, rate, seconds, log=log)
+                            # the collector's Go CPU profile over the first confirmation (the best rate)
+                            first = seconds >= confirm_seconds and signal not in throughput["profiles"]
+                            pb = out_dir / f"collector-{signal}.pb.gz" if first else None
+                            step = tp.run_step(stack, telemetrygen, signal, rate, seconds, log=log, profile=pb)
+                            if pb is not None:
+                                throughput["profiles"][signal] = collector_profile(step, pb)
                             say(f"    {signal} {rate:,.0f}/s for {seconds:g}s: accepted {step.accepted_per_s:,.0f}/s, "
                                 f"collector {step.collector_cores:.2f} cores, "
                                 f"{step.collector_rss_peak / 2**20:.0f} MiB: {step.why}")
@@ -592,9 +627,6 @@ def run(requests: int = 2000, warmup: int = 200, parts: Sequence[str] = PARTS, o
                         "metrics throughput is not measured: telemetrygen sends one series with points at "
                         "nanosecond timestamps, which Prometheus (millisecond samples) refuses as duplicates, and "
                         "its --unique-timeseries makes a new series per point; neither is a fair load")
-                    throughput["notes"].append(
-                        "the collector's manifest (otel-collector/builder-config.yaml) has no pprof extension: "
-                        "no Go profile of the collector could be taken")
                     throughput["peak_bytes"] = peaks
                     results["parts"]["throughput"] = throughput
                     if "startup" in parts:

@@ -390,10 +390,12 @@ def bench(
     merge: Annotated[bool, typer.Option("--merge", help="keep the parts not run now from the existing results.json")]
     = False,
     deps_only: Annotated[bool, typer.Option("--deps-only", help="build telemetrygen (cached) and stop")] = False,
+    port_offset: Annotated[int | None, typer.Option(help="the bench stack's ports: stack.yaml's + this, to run "
+                                                         "beside other stacks on the host [default: 12000]")] = None,
 ) -> None:
-    """Benchmark the stack on its own native stack (ports + 12000): telemetry overhead per request (with a
-    profile), collector throughput, freshness, start-up and memory, the analyzer's cost. Writes
-    bench/results.json and bench/results.md."""
+    """Benchmark the stack on its own native stack (ports + 12000 unless --port-offset): telemetry
+    overhead per request (with a profile), collector throughput, freshness, start-up and memory, the
+    analyzer's cost. Writes bench/results.json and bench/results.md."""
     from generator import bench as bench_mod
 
     if deps_only:
@@ -415,7 +417,8 @@ def bench(
     raise typer.Exit(bench_mod.run(requests=requests, warmup=warmup, parts=chosen, out_dir=out,
                                    search_steps=search_steps, step_seconds=step_seconds,
                                    confirm_seconds=confirm_seconds, command=command,
-                                   signals=[x.strip() for x in signals.split(",") if x.strip()], merge=merge))
+                                   signals=[x.strip() for x in signals.split(",") if x.strip()], merge=merge,
+                                   port_offset=port_offset))
 
 
 @app.command()

@@ -171,16 +171,35 @@ class Sampling(Strict):
     slow_threshold_ms: int = Field(500, ge=1, le=Duration.MAX_MS)  # in ns, an int64 of the collector's OTTL
     percentage: float = Field(100, ge=0, le=100, description="share of the other traces kept")
     decision_wait: Duration = "5s"
+    # The decision comes this long after the trace's root span arrives, when that is sooner than
+    # decision_wait (the root ends last, so its trace is complete, but for the spans of other
+    # services, which export on their own clocks): the trace is stored seconds earlier. Whole
+    # seconds (the tail sampler ticks once a second); 0s waits decision_wait always.
+    decision_wait_after_root: Duration = "2s"
 
-    @field_validator("decision_wait")
+    @field_validator("decision_wait", "decision_wait_after_root")
     @classmethod
-    def _after_the_export_delay(cls, v: Duration) -> Duration:
+    def _after_the_export_delay(cls, v: Duration, info: Any) -> Duration:
+        if info.field_name == "decision_wait_after_root":
+            if v.seconds == 0:
+                return v
+            if v.seconds != int(v.seconds):
+                raise ValueError(f"must be whole seconds (the tail sampler decides once a second), or 0s, "
+                                 f"got {str(v)!r}")
         floor = 2 * registry.BSP_SCHEDULE_DELAY_MS / 1000
         if v.seconds < floor:
             raise ValueError(f"must be at least {floor:g}s, twice the services' span export delay "
                              f"(OTEL_BSP_SCHEDULE_DELAY={registry.BSP_SCHEDULE_DELAY_MS}): spans exported "
                              f"after the decision would be lost with their trace, got {str(v)!r}")
         return v
+
+    @model_validator(mode="after")
+    def _root_before_the_wait(self) -> Sampling:
+        after_root, wait = self.decision_wait_after_root, self.decision_wait
+        if after_root.seconds and after_root.seconds >= wait.seconds:
+            raise ValueError(f"decision_wait_after_root ({after_root}) must be shorter than decision_wait "
+                             f"({wait}), or 0s to always wait decision_wait")
+        return self
 
     @property
     def effective_percentage(self) -> float:
@@ -252,6 +271,59 @@ class OtlpExposure(Strict):
 
 class Otlp(Strict):
     expose: OtlpExposure = OtlpExposure()
+
+
+def _mib(docker: str) -> int:
+    """A compose memory limit (512m, 1g) in MiB."""
+    m = re.fullmatch(r"([0-9]+)([kmg])", docker.lower())
+    if not m:
+        raise ValueError(f"memory limit {docker!r}: expected a number and k, m or g")
+    return int(m[1]) * {"k": 1, "m": 1024, "g": 1024 * 1024}[m[2]] // 1024
+
+
+class MemoryLimiter(Strict):
+    """The collector's memory_limiter processor, first in every pipeline. Once its Go heap reaches
+    ``limit_mib - spike_limit_mib`` (the soft limit) it refuses data with a retryable status
+    (OTLP/HTTP 503, gRPC UNAVAILABLE; the senders retry) until a GC brings it back under; at
+    ``limit_mib`` (the hard limit) it forces a GC. The rest of the container's memory limit
+    (mlobs/components.py) is for what the Go heap does not count."""
+
+    #: below this the collector's own idle heap (~20-30 MiB) leaves no room: it would refuse always
+    MIN_MIB: ClassVar[int] = 32
+    #: at most 80% (the upstream advice) of the collector's container memory limit
+    CONTAINER: ClassVar[str] = registry.get("otel-collector").mem_limit
+    MAX_MIB: ClassVar[int] = _mib(CONTAINER) * 4 // 5
+
+    limit_mib: int = Field(400, description="hard limit of the collector's Go heap, MiB",
+                           json_schema_extra={"minimum": MIN_MIB, "maximum": MAX_MIB})
+    spike_limit_mib: int = Field(100, description="headroom under limit_mib: refusing starts at "
+                                 "limit_mib - spike_limit_mib", json_schema_extra={"minimum": 1})
+
+    @field_validator("limit_mib")
+    @classmethod
+    def _under_the_container_limit(cls, v: int) -> int:
+        if not cls.MIN_MIB <= v <= cls.MAX_MIB:
+            raise ValueError(f"must be between {cls.MIN_MIB} and {cls.MAX_MIB} MiB (at most 80% of the "
+                             f"collector's container memory limit {cls.CONTAINER}, mlobs/components.py), got {v}")
+        return v
+
+    @field_validator("spike_limit_mib")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1 MiB and smaller than limit_mib, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _spike_under_the_limit(self) -> MemoryLimiter:
+        if self.spike_limit_mib >= self.limit_mib:
+            raise ValueError(f"spike_limit_mib ({self.spike_limit_mib}) must be smaller than limit_mib "
+                             f"({self.limit_mib}): refusing starts at limit_mib - spike_limit_mib")
+        return self
+
+
+class CollectorSettings(Strict):
+    memory_limiter: MemoryLimiter = MemoryLimiter()
 
 
 class Anomaly(Strict):
@@ -636,6 +708,7 @@ class Stack(Strict):
     sampling: Sampling = Sampling()
     redaction: Redaction = Redaction()
     otlp: Otlp = Otlp()
+    collector: CollectorSettings = CollectorSettings()
     alerts: Alerts = Alerts()
     services: list[Service] = Field(min_length=1)
     extra_exporters: list[ExtraExporter] = []

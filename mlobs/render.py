@@ -204,14 +204,20 @@ def collector_pipelines(target: Target) -> dict[str, dict[str, list[str]]]:
         "exporters": ([f"otlp_http/{log_store}"] if log_store else []) + extras["logs"]
         + ["forward/logcount", "otlp_http/analyzer"],
     }
+    # One point per series per batch, at the collector's time (otel-collector/config.yaml.j2).
     pipelines["logs/count"] = {
         "receivers": ["forward/logcount"],
-        "processors": ["transform/severity"],
+        "processors": ["transform/severity", "groupbyattrs/compact"],
         "exporters": ["count"],
     }
     return pipelines
 
 
+#: How often the span-metrics (and service-graph) connector sends what it counted: a span's
+#: exemplar is queryable in Prometheus up to this long after the span reaches the collector. Each
+#: halving doubles the points these connectors send (every series, every flush); 2s (was 5s) took
+#: the span-metric exemplar's freshness p95 under 5 s (bench/results.md).
+CONNECTOR_FLUSH_INTERVAL = "2s"
 PII_PROCESSOR = "transform/pii"
 PII_MASK = "****"
 
@@ -330,6 +336,8 @@ def context(target: Target) -> dict[str, Any]:
         "analyzer_env": analyzer_env(target.stack),
         "scrape_jobs": registry.scrape_jobs(target),
         "keep": keep_rule(target.stack),
+        "tail_decision_cache": sampling.DECISION_CACHE_SIZE,
+        "connector_flush": CONNECTOR_FLUSH_INTERVAL,
         "destinations": destinations.exporters(target.stack),
         # extensions the config adds as stack.yaml asks: the destinations' auth, the exposed receivers' token check
         "extra_extensions": {**destinations.extensions(target.stack), **exposure.extension(target.stack)},

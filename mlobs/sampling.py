@@ -27,6 +27,10 @@ from dataclasses import dataclass
 
 RANDOMNESS_BITS = 56
 RANDOMNESS_HEX = RANDOMNESS_BITS // 4  # the rightmost 14 hex digits of the trace id
+#: Trace ids the tail sampler remembers the decision of (each of kept and dropped; an LRU, about
+#: 100 B an id): a span that arrives after its trace's decision follows it, instead of being
+#: judged alone as a trace of its own. 100,000 is 30 s of 3,300 traces/s, past the throughput goal.
+DECISION_CACHE_SIZE = 100_000
 #: Span and log attribute that forces "keep" for one request, and the baggage entry / header
 #: that sets it (``mlobs.telemetry`` copies one to the other).
 KEEP_ATTRIBUTE = "mlobs.sampling.keep"

@@ -138,24 +138,29 @@ def size(load: Load, stack: config.Stack, figs: dict[str, Figure] | None = None,
     collector_mem = components.get("otel-collector").mem_limit
     pod_mem = float(kubernetes.quantity(collector_mem).removesuffix("Mi")) * 2**20
 
-    def series(gateways: int, agents: int) -> int:
+    def connector_series(gateways: int) -> int:
         # every gateway labels the connector series it makes (mlobs/kubernetes.py GATEWAY_LABEL)
         span_metrics = load.services * load.spans_per_request * STATUSES * (1 + histogram)
         graph = load.services * (2 + 2 * histogram)  # an edge per service: 2 counters, client and server histograms
         log_counts = load.services * SEVERITIES
-        own = load.services * f["series_per_service"] + (gateways + agents) * f["series_per_collector"]
-        return math.ceil((span_metrics + graph + log_counts) * gateways + own)
+        return math.ceil((span_metrics + graph + log_counts) * gateways)
 
-    app_points = load.services * f["series_per_service"] / export
+    def collectors_own(gateways: int, agents: int) -> float:
+        return (gateways + agents) * f["series_per_collector"]
+
+    app_series = load.services * f["series_per_service"]
+    app_points = app_series / export
     agent_cores = spans / f["agent_spans_per_core"] + app_points / f["points_per_core"] + logs / f["logs_per_core"]
     agents = max(1, math.ceil(agent_cores / _cores(agent_tier.cpu[1])))
     primary = spans / f["gateway_spans_per_core"] + app_points / f["points_per_core"] + logs / f["logs_per_core"]
     gateways = max(gateway_tier.replicas, math.ceil(primary / _cores(gateway_tier.cpu[1])))
-    derived = (series(gateways, agents) - load.services * f["series_per_service"]) / flush
+    # the connectors' series every flush, the collectors' own every export interval
+    derived = connector_series(gateways) / flush + collectors_own(gateways, agents) / export
     gateway_cores = primary + derived / f["points_per_core"]
     gateways = max(gateways, math.ceil(gateway_cores / _cores(gateway_tier.cpu[1])))
-    active = series(gateways, agents)
-    points = active / min(flush, export)
+    own = app_series + collectors_own(gateways, agents)
+    active = math.ceil(connector_series(gateways) + own)
+    points = connector_series(gateways) / flush + own / export
 
     trace_bytes = spans * f["span_bytes"] * load.sampled_share
     log_bytes = logs * f["log_record_bytes"]

@@ -102,16 +102,76 @@ def test_counters_take_the_otlp_receiver_and_every_exporter() -> None:
     assert c.queue_size == {"otlp_grpc/jaeger": 3} and c.queue_capacity == {"otlp_grpc/jaeger": 5000}
 
 
-def test_a_step_holds_only_with_nothing_refused_and_the_rate_accepted() -> None:
+def test_a_step_holds_only_with_nothing_refused_and_the_queues_drained() -> None:
     before = tp.Counters()
-    held, why, d = tp.judge("traces", 2000, 15, before, metrics(), queue_at_end=0)
-    assert held and why == "held" and d["accepted_per_s"] == 2000
-    held, why, _ = tp.judge("traces", 2000, 15, before, metrics(refused=5), queue_at_end=0)
+    held, why, d = tp.judge("traces", 2000, 15, before, metrics(), queue_left=0)
+    assert held and why == "held" and d["accepted_per_s"] == 2000 and not d["generator_limited"]
+    held, why, _ = tp.judge("traces", 2000, 15, before, metrics(refused=5), queue_left=0)
     assert not held and "refused" in why
-    held, why, _ = tp.judge("traces", 4000, 15, before, metrics(), queue_at_end=0)
-    assert not held and "accepted 2000/s of 4000/s" in why
-    held, why, _ = tp.judge("traces", 2000, 15, before, metrics(), queue_at_end=tp.QUEUE_SLACK + 1)
+    held, why, _ = tp.judge("traces", 2000, 15, before, metrics(), queue_left=tp.QUEUE_SLACK + 1)
     assert not held and "queue" in why
+    held, why, _ = tp.judge("traces", 2000, 15, before, metrics(), queue_left=0, export_failures=3)
+    assert not held and "3 failed exports" in why
+
+
+def test_the_generator_falling_short_is_not_the_collectors_failure() -> None:
+    """2,000 spans/s accepted of 4,000 offered, nothing pushed back: it holds, at 2,000, generator-limited."""
+    held, why, d = tp.judge("traces", 4000, 15, tp.Counters(), metrics(), queue_left=0)
+    assert held and d["generator_limited"] and d["accepted_per_s"] == 2000
+    assert "generator-limited" in why and "50% of 4000/s" in why
+    # short of the rate while pushing back (nothing refused, but slow answers): the collector's limit
+    slow = tp.counters(METRICS.replace("{refused}", "0") + RPC.format(count=100, sum_s=100 * 0.250))
+    held, why, d = tp.judge("traces", 4000, 15, tp.Counters(), slow, queue_left=0)
+    assert not held and not d["generator_limited"] and "250 ms per export call" in why
+    fast = tp.counters(METRICS.replace("{refused}", "0") + RPC.format(count=100, sum_s=100 * 0.003))
+    assert fast.export_calls == 100 and tp.judge("traces", 4000, 15, tp.Counters(), fast, 0)[0]
+
+
+_EXPORT = 'rpc_method="opentelemetry.proto.collector.trace.v1.TraceService/Export",rpc_response_status_code="OK"'
+RPC = (
+    "rpc_server_call_duration_sum{{" + _EXPORT + ',rpc_system_name="grpc"}} {sum_s}\n'
+    "rpc_server_call_duration_count{{" + _EXPORT + ',rpc_system_name="grpc"}} {count}\n'
+    'rpc_server_call_duration_count{{rpc_method="grpc.health.v1.Health/Check",rpc_system_name="grpc"}} 7\n'
+)
+
+
+def test_search_reports_what_was_accepted_and_stops_when_the_generator_saturates() -> None:
+    calls: list[tuple[float, float]] = []
+
+    def probe(rate: float, seconds: float) -> tp.Step:  # a generator that delivers at most 16,000/s
+        calls.append((rate, seconds))
+        accepted = min(rate, 16_000)
+        return tp.Step("traces", rate, seconds, True, "held", accepted_per_s=accepted,
+                       generator_limited=accepted < tp.ACCEPT_SHARE * rate)
+
+    found = tp.search("traces", probe, start=20_000, steps=4)
+    assert [r for r, _ in calls] == [20_000, 40_000, 20_000]  # 40,000 offered delivered no more: stop, confirm
+    assert found.held_rate == 16_000 and found.held_offered == 20_000  # the accepted rate, never the offered
+
+
+def test_failed_exports_are_counted_from_telemetrygen_output() -> None:
+    out = (b'2026-12-03T08:00:00Z\tINFO\tstarting the traces generator\n'
+           b'2026-12-03T08:00:01Z\tERROR\tlogs/worker.go:100\texporter failed, continuing due to '
+           b'--allow-export-failures\t{"error": "context deadline exceeded"}\n'
+           b'2026/12/03 08:00:02 traces export: rpc error: code = Unavailable desc = connection refused\n')
+    assert tp.count_export_failures(out) == 2
+    closing = (b"2026-12-03T08:41:17.299Z\tINFO\tgrpclog/prefix_logger.go:42\t[transport] Closing: rpc error: "
+               b"code = Canceled desc = grpc: the client connection is closing\n")
+    assert tp.count_export_failures(closing + b"INFO generation of traces is not being throttled\n") == 0
+
+
+def test_the_pprof_summary_is_parsed() -> None:
+    text = """File: otelcol-mlobs
+Type: cpu
+Duration: 30s, Total samples = 9.50s (31.67%)
+      flat  flat%   sum%        cum   cum%
+     1.20s 12.63% 12.63%      1.20s 12.63%  runtime.memclrNoHeapPointers
+     0.40s  4.21% 16.84%      2.10s 22.11%  go.opentelemetry.io/collector/pdata/ptrace.(*Span).CopyTo
+"""
+    rows = tp.parse_pprof_top(text)
+    assert rows[0] == {"function": "runtime.memclrNoHeapPointers", "flat_pct": 12.63, "cum_pct": 12.63}
+    assert rows[1]["function"].startswith(tp.COLLECTOR_PACKAGES) and rows[1]["cum_pct"] == 22.11
+    assert tp.pprof_header(text).startswith("Duration: 30s")
 
 
 def test_telemetrygen_rate_is_per_worker() -> None:

@@ -299,7 +299,8 @@ def test_canonical_component_type_and_id() -> None:
 def test_repo_manifest_components() -> None:
     assert collector.otelcol_manifest_components(MANIFEST) == {
         "receivers": {"otlp"},
-        "processors": {"memory_limiter", "batch", "resource", "redaction", "tail_sampling", "transform"},
+        "processors": {"memory_limiter", "batch", "resource", "redaction", "tail_sampling", "transform",
+                       "groupbyattrs"},
         # servicegraph is absent: the proxy does not serve connector/servicegraphconnector (see manifest)
         "connectors": {"span_metrics", "count", "forward"},
         "exporters": {"otlp_grpc", "otlp_http"},

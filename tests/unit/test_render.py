@@ -201,3 +201,16 @@ def test_stack_values_reach_the_configs() -> None:
     assert f'>= \\"{sampling.threshold_hex(7)}\\"' in files["otel-collector/config.yaml"]
     assert "--storage.tsdb.retention.time=3d" in files["compose/docker-compose.yml"]
     assert "127.0.0.1:3300:3000" in yaml.safe_load(files["compose/docker-compose.yml"])["services"]["grafana"]["ports"]
+
+
+def test_memory_limiter_comes_from_stack_yaml() -> None:
+    from mlobs import kubernetes
+
+    data = yaml.safe_load((ROOT / "stack.yaml").read_text())
+    data["collector"] = {"memory_limiter": {"limit_mib": 96, "spike_limit_mib": 24}}
+    stack = config.parse(data)
+    doc = yaml.safe_load(render.render(render.compose_target(stack))["otel-collector/config.yaml"])
+    assert doc["processors"]["memory_limiter"] == {"check_interval": "1s", "limit_mib": 96, "spike_limit_mib": 24}
+    # the gateway of the Kubernetes renders derives from the same template
+    gateway = kubernetes.render_files(stack)["otel-collector.yaml"]
+    assert "limit_mib: 96" in gateway and "spike_limit_mib: 24" in gateway

@@ -50,7 +50,7 @@ def test_a_bigger_load_needs_more_gateways_and_a_smaller_one_keeps_the_minimum()
 
 
 def test_the_collector_facts_come_from_the_rendered_config() -> None:
-    assert FACTS == (11, 5.0, 5.0)  # the hand-worked cases below assume these
+    assert FACTS == (11, 2.0, 5.0)  # the hand-worked cases below assume these
 
 
 def test_hand_worked_case_1000_rps_one_service() -> None:
@@ -59,21 +59,22 @@ def test_hand_worked_case_1000_rps_one_service() -> None:
     spans 6000/s, logs 1000/s; the service's own metrics 500 series / 5 s = 100 points/s
     agents: 6000/15000 + 100/20000 + 1000/10000 = 0.505 cores -> 1 agent (limit 1 core)
     gateways: 6000/10000 + 0.005 + 0.1 = 0.705 cores -> 2 (the minimum; limit 2 cores)
-    series: span metrics 1*6*2*(1+11+3) = 180, service graph 2+2*14 = 30, log counts 4: 214 per
-    gateway, x2 = 428; own 500 + (2+1)*400 = 1700 -> 2128 active series, 425.6 samples/s
-    gateway cores: 0.705 + (2128-500)/5/20000 = 0.72128 -> still 2 gateways
-    memory: agents max(0.505*2, 1*0.5) = 1.01 GiB; gateways max(0.72128*2, 2*0.5) = 1.44256 GiB
+    connector series: span metrics 1*6*2*(1+11+3) = 180, service graph 2+2*14 = 30, log counts 4:
+    214 per gateway, x2 = 428, flushed every 2 s; own 500 + (2+1)*400 = 1700, every 5 s
+    -> 2128 active series, 428/2 + 1700/5 = 554 samples/s
+    gateway cores: 0.705 + (428/2 + 1200/5)/20000 = 0.7277 -> still 2 gateways
+    memory: agents max(0.505*2, 1*0.5) = 1.01 GiB; gateways max(0.7277*2, 2*0.5) = 1.4554 GiB
     Tempo: 6000*500 B = 3 MB/s -> 1 distributor, 1 live-store; 259.2 GB/day received, /5 stored
-    Loki: 1000*400 B = 0.4 MB/s -> 34.56 GB/day, /5 stored; Prometheus 425.6*86400*2 B a day
+    Loki: 1000*400 B = 0.4 MB/s -> 34.56 GB/day, /5 stored; Prometheus 554*86400*2 B a day
     """
     s = sizing.size(sizing.Load(1000, 1, 6, 1, 1.0), STACK)
     assert (s.spans_per_s, s.logs_per_s, s.active_series) == (6000, 1000, 2128)
-    assert s.points_per_s == pytest.approx(425.6)
+    assert s.points_per_s == pytest.approx(554)
     assert (s.agent.pods, s.gateway.pods, s.tempo_distributors, s.tempo_live_stores) == (1, 2, 1, 1)
-    assert s.agent.cores == pytest.approx(0.505) and s.gateway.cores == pytest.approx(0.72128)
-    assert s.agent.memory == pytest.approx(1.01 * GIB) and s.gateway.memory == pytest.approx(1.44256 * GIB)
-    assert s.bytes_per_day == pytest.approx({"tempo": 2.592e11, "loki": 3.456e10, "prometheus": 73_543_680})
-    assert s.storage_per_day == pytest.approx({"tempo": 5.184e10, "loki": 6.912e9, "prometheus": 73_543_680})
+    assert s.agent.cores == pytest.approx(0.505) and s.gateway.cores == pytest.approx(0.7277)
+    assert s.agent.memory == pytest.approx(1.01 * GIB) and s.gateway.memory == pytest.approx(1.4554 * GIB)
+    assert s.bytes_per_day == pytest.approx({"tempo": 2.592e11, "loki": 3.456e10, "prometheus": 95_731_200})
+    assert s.storage_per_day == pytest.approx({"tempo": 5.184e10, "loki": 6.912e9, "prometheus": 95_731_200})
     assert s.retention_days == {"prometheus": 15, "loki": 7, "tempo": 2}
 
 
@@ -83,20 +84,22 @@ def test_hand_worked_case_100k_rps_four_services_10_percent_kept() -> None:
     spans 1e6/s, logs 2e5/s; own metrics 4*500/5 = 400 points/s
     agents: 1e6/15000 + 400/20000 + 2e5/10000 = 86.68667 cores -> 87 agents
     gateways: 1e6/1e4 + 0.02 + 20 = 120.02 cores -> ceil(60.01) = 61
-    series: (4*10*2*15 + 4*30 + 4*4) = 1336 per gateway, x61 = 81496; own 2000 + (61+87)*400 =
-    61200 -> 142696 active series, 28539.2 samples/s
-    gateway cores: 120.02 + (142696-2000)/5/20000 = 121.42696 -> still 61
-    memory: agents 86.68667*2 = 173.37333 GiB; gateways 121.42696*2 = 242.85392 GiB
+    connector series: 4*10*2*15 + 4*30 + 4*4 = 1336 per gateway, x61 = 81496 every 2 s;
+    the collectors' own (61+87)*400 = 59200 every 5 s
+    gateway cores: 120.02 + (81496/2 + 59200/5)/20000 = 122.6494 -> ceil(61.32) = 62 gateways
+    series at 62: 1336*62 = 82832 + own 2000 + (62+87)*400 = 61600 -> 144432 active,
+    82832/2 + 61600/5 = 53736 samples/s
+    memory: agents 86.68667*2 = 173.37333 GiB; gateways 122.6494*2 = 245.2988 GiB
     Tempo: 1e6*500*0.1 = 50 MB/s -> 5 distributors, ceil(50/6) = 9 live-stores; 4.32 TB/day
-    Loki: 2e5*400 = 80 MB/s -> 6.912 TB/day; Prometheus 28539.2*86400*2 = 4931573760 B/day
+    Loki: 2e5*400 = 80 MB/s -> 6.912 TB/day; Prometheus 53736*86400*2 = 9285580800 B/day
     """
     s = sizing.size(sizing.Load(100_000, 4, 10, 2, 0.1), STACK)
-    assert (s.agent.pods, s.gateway.pods, s.active_series) == (87, 61, 142_696)
+    assert (s.agent.pods, s.gateway.pods, s.active_series) == (87, 62, 144_432)
     assert (s.tempo_distributors, s.tempo_live_stores) == (5, 9)
-    assert s.agent.cores == pytest.approx(86.68667, rel=1e-6) and s.gateway.cores == pytest.approx(121.42696)
+    assert s.agent.cores == pytest.approx(86.68667, rel=1e-6) and s.gateway.cores == pytest.approx(122.6494)
     assert s.agent.memory == pytest.approx(173.37333 * GIB, rel=1e-6)
-    assert s.gateway.memory == pytest.approx(242.85392 * GIB, rel=1e-6)
-    assert s.bytes_per_day == pytest.approx({"tempo": 4.32e12, "loki": 6.912e12, "prometheus": 4_931_573_760})
+    assert s.gateway.memory == pytest.approx(245.2988 * GIB, rel=1e-6)
+    assert s.bytes_per_day == pytest.approx({"tempo": 4.32e12, "loki": 6.912e12, "prometheus": 9_285_580_800})
 
 
 def test_one_retention_for_every_store() -> None:
